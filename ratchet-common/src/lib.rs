@@ -1,0 +1,76 @@
+//! What ratchet's eBPF programs and its user space must agree on: map and
+//! program names, and the layout of every map key and value.
+//!
+//! Every value is `#[repr(C)]`, has no implicit padding and no `bool` or
+//! `Option`, so the kernel, bpftool (through BTF) and user space read the
+//! same bytes the same way.
+#![no_std]
+#![deny(missing_docs)]
+
+/// The classifier on every host veth's ingress: frames from the pod go
+/// straight to the peer's pod, or are dropped while the peer is missing.
+pub const PROG_TO_PEER: &str = "ratchet_to_peer";
+
+/// Host ifindex -> [`Peer`]: where frames entering that host veth go.
+pub const MAP_PEERS: &str = "RATCHET_PEERS";
+
+/// Host ifindex -> [`EndStats`], per CPU: what each link end forwarded and dropped.
+pub const MAP_STATS: &str = "RATCHET_STATS";
+
+/// The `.bss` section, which aya loads as a one-entry array map: run-time
+/// switches ([`Switches`]) that user space flips without reloading.
+pub const MAP_SWITCHES: &str = ".bss";
+
+/// How many link ends one node can hold; both maps are sized by it.
+pub const MAX_ENDS: u32 = 16384;
+
+/// Where frames entering a host veth are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's host veth; `bpf_redirect_peer` delivers into the pod end behind it.
+    pub ifindex: u32,
+}
+
+/// Counters for frames entering one host veth, i.e. one direction of a link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndStats {
+    /// Frames handed to the peer.
+    pub packets: u64,
+    /// Bytes of those frames (L2 length).
+    pub bytes: u64,
+    /// Frames dropped because the peer is not attached (yet, or any more).
+    pub drops: u64,
+}
+
+/// Sums counters, e.g. the per-CPU copies of one end's.
+impl core::ops::Add for EndStats {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self { packets: self.packets + other.packets, bytes: self.bytes + other.bytes, drops: self.drops + other.drops }
+    }
+}
+
+/// The run-time switches in the program's `.bss`, laid out as one struct so
+/// user space can write the whole section at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// Non-zero: log every frame through aya-log (`ratchet trace`). Off by
+    /// default: it roughly doubles the per-frame cost.
+    pub trace: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::Peer {}
+    unsafe impl aya::Pod for super::EndStats {}
+    unsafe impl aya::Pod for super::Switches {}
+}
+
+const _: () = assert!(core::mem::size_of::<Peer>() == 4);
+const _: () = assert!(core::mem::size_of::<EndStats>() == 24);
+const _: () = assert!(core::mem::size_of::<Switches>() == 4);

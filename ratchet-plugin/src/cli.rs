@@ -1,0 +1,226 @@
+//! The operator's CLI: what `ratchet` does when no runtime called it.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    path::PathBuf,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR},
+    dataplane::Dataplane,
+    pairing,
+    store::{EmbeddedStore, Store, Transaction, records},
+    topology::{Side, Topology},
+};
+
+/// ratchet: point-to-point pod links moved by TC eBPF.
+///
+/// Run by a container runtime (CNI_COMMAND set), it is a CNI plugin. Run by
+/// a person, it manages the topology and shows the links.
+#[derive(Parser)]
+#[command(name = "ratchet", version)]
+pub struct Cli {
+    /// The state directory the plugin's config names (`state_dir`).
+    #[arg(long, global = true, env = "RATCHET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The bpffs directory the plugin's config names (`pin_root`).
+    #[arg(long, global = true, env = "RATCHET_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the topology: which pod interfaces are linked.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Show every link, its ends and their counters.
+    Links {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every frame the datapath moves (through aya-log) until Ctrl-C.
+    Trace,
+    /// Remove this node's eBPF pins (programs and maps). Refused while link
+    /// ends are attached, unless --force.
+    Unload {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Validate a topology file (JSON) and make it the topology. Attached
+    /// ends of links it drops stay until their pods are deleted.
+    Apply { file: PathBuf },
+    /// Print the topology as JSON.
+    Show,
+    /// Remove every link from the topology.
+    Delete,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Topology(command) => topology(&cli.state_dir, command),
+        Command::Links { json } => links(&cli.state_dir, &cli.pin_root, json),
+        Command::Trace => crate::trace::run(&cli.pin_root),
+        Command::Unload { force } => unload(&cli.state_dir, &cli.pin_root, force),
+    }
+}
+
+fn topology(state_dir: &std::path::Path, command: TopologyCommand) -> anyhow::Result<()> {
+    let mut store = EmbeddedStore::open(state_dir)?;
+    let mut tx = store.begin()?;
+    match command {
+        TopologyCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let topology = Topology::from_json(&text).with_context(|| format!("in {}", file.display()))?;
+            records::put_topology(&mut tx, &topology)?;
+            tx.commit()?;
+            println!("applied {} link(s)", topology.links.len());
+        }
+        TopologyCommand::Show => {
+            let topology = records::topology(&mut tx)?;
+            println!("{}", serde_json::to_string_pretty(&topology)?);
+        }
+        TopologyCommand::Delete => {
+            records::put_topology(&mut tx, &Topology::default())?;
+            tx.commit()?;
+            println!("topology deleted");
+        }
+    }
+    Ok(())
+}
+
+/// One link as `ratchet links` shows it.
+#[derive(Serialize)]
+struct LinkView {
+    link: String,
+    state: String,
+    ends: Vec<EndView>,
+}
+
+/// One attached end; its counters are the direction leaving this end.
+#[derive(Serialize)]
+struct EndView {
+    side: Side,
+    pod: String,
+    ifname: String,
+    host_ifname: String,
+    node: String,
+    container_id: String,
+    packets: u64,
+    bytes: u64,
+    drops: u64,
+}
+
+fn links(state_dir: &std::path::Path, pin_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let mut store = EmbeddedStore::open(state_dir)?;
+    let mut tx = store.begin()?;
+    let dataplane = Dataplane::open(pin_root)?;
+    let mut by_link: BTreeMap<String, [Option<records::EndRecord>; 2]> = BTreeMap::new();
+    for link in records::topology(&mut tx)?.links {
+        by_link.entry(link.id()).or_default();
+    }
+    for (link, side, record) in records::all_ends(&mut tx)? {
+        by_link.entry(link).or_default()[side.index()] = Some(record);
+    }
+    drop(tx);
+    let mut views = Vec::with_capacity(by_link.len());
+    for (link, ends) in by_link {
+        let state = pairing::state(&ends);
+        let mut end_views = Vec::new();
+        for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
+            let Some(end) = end else { continue };
+            let stats = match &dataplane {
+                Some(dataplane) => dataplane.stats(end.host_ifindex)?.unwrap_or_default(),
+                None => Default::default(),
+            };
+            end_views.push(EndView {
+                side,
+                pod: end.pod.to_string(),
+                ifname: end.ifname.to_string(),
+                host_ifname: end.host_ifname,
+                node: end.node,
+                container_id: end.container_id,
+                packets: stats.packets,
+                bytes: stats.bytes,
+                drops: stats.drops,
+            });
+        }
+        views.push(LinkView { link, state: state.to_string(), ends: end_views });
+    }
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &views)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &views)?;
+    }
+    Ok(())
+}
+
+fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
+    let header = ["LINK", "STATE", "SIDE", "POD", "IFNAME", "HOST IF", "NODE", "TX PACKETS", "TX BYTES", "DROPS"];
+    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
+    for view in views {
+        if view.ends.is_empty() {
+            let mut row: [String; 10] = Default::default();
+            row[0] = view.link.clone();
+            row[1] = view.state.clone();
+            rows.push(row);
+        }
+        for end in &view.ends {
+            rows.push([
+                view.link.clone(),
+                view.state.clone(),
+                end.side.as_str().into(),
+                end.pod.clone(),
+                end.ifname.clone(),
+                end.host_ifname.clone(),
+                end.node.clone(),
+                end.packets.to_string(),
+                end.bytes.to_string(),
+                end.drops.to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..10).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+fn unload(state_dir: &std::path::Path, pin_root: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let mut store = EmbeddedStore::open(state_dir)?;
+    let attached = records::all_ends(&mut store.begin()?)?.len();
+    if attached > 0 && !force {
+        anyhow::bail!("{attached} link end(s) are attached; delete their pods first, or pass --force");
+    }
+    Dataplane::unload(pin_root)?;
+    println!("removed {}", pin_root.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,207 @@
+//! ADD: give the pod one end of each of its links.
+//!
+//! For every link the topology gives the pod: a veth whose pod end is born in
+//! the pod's netns with the link's name, addresses and MTU; the redirect
+//! program on the host end; a record in the store; and, when the peer is
+//! already attached, the forwarding entries for both directions. ADD never
+//! waits for the peer. It all happens inside one store transaction, and a
+//! failure undoes what was made, so nothing is left half-built.
+
+use std::fs::File;
+
+use rscni_types::types::{CNIResult, Interface, IpConfig};
+
+use super::{Config, del, env::CniEnv, error::CniError};
+use crate::{
+    config::AttachMode,
+    dataplane::Dataplane,
+    naming,
+    netlink::{Netlink, VethSpec},
+    pairing,
+    store::{
+        EmbeddedStore, Store, Transaction,
+        records::{self, EndRecord, EndRef},
+    },
+    topology::{Link, Side},
+};
+
+pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
+    let settings = &config.settings;
+    let pod = env.pod()?;
+    let netns_error = |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
+    let netns = File::open(&env.netns).map_err(netns_error)?;
+    let mut store = EmbeddedStore::open(&settings.state_dir)?;
+    let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
+    let host = Netlink::host()?;
+    let in_pod = Netlink::in_netns(&env.netns)?;
+
+    let mut tx = store.begin()?;
+    let links = records::links_of_pod(&mut tx, &pod)?;
+    if links.is_empty() {
+        return Err(CniError::PodNotInTopology { pod: pod.to_string() });
+    }
+    // Ends still held by an earlier sandbox of this pod (its DEL was lost, or
+    // this is a retry) are released first, in their own transaction, so
+    // their veths can go before ours take the same names.
+    let stale = release_held_ends(&mut tx, &mut dataplane, &links, &pod)?;
+    if !stale.is_empty() {
+        tx.commit()?;
+        for record in &stale {
+            del::teardown(&host, Some(&dataplane), record).await?;
+        }
+        tx = store.begin()?;
+    }
+
+    let mut attach = Attach {
+        env,
+        node: settings.node(),
+        mode: settings.attach,
+        host: &host,
+        in_pod: &in_pod,
+        netns: &netns,
+        dataplane: &mut dataplane,
+        made: Made::default(),
+        result: CNIResult::default(),
+    };
+    let attached = attach.all(&mut tx, &links, &pod).await;
+    let committed = attached.and_then(|()| tx.commit().map_err(CniError::from));
+    match committed {
+        Ok(()) => Ok(attach.result),
+        Err(error) => {
+            let made = std::mem::take(&mut attach.made);
+            made.undo(&host, &mut dataplane).await;
+            Err(error)
+        }
+    }
+}
+
+/// Releases every end of `pod`'s links that some container still holds.
+fn release_held_ends(
+    tx: &mut impl Transaction,
+    dataplane: &mut Dataplane,
+    links: &[Link],
+    pod: &crate::topology::PodRef,
+) -> Result<Vec<EndRecord>, CniError> {
+    let mut released = Vec::new();
+    for link in links {
+        for side in link.sides_of(pod) {
+            released.extend(del::release(tx, Some(dataplane), &link.id(), side, None)?);
+        }
+    }
+    Ok(released)
+}
+
+/// Everything one ADD needs while it attaches ends.
+struct Attach<'a> {
+    env: &'a CniEnv,
+    node: String,
+    mode: AttachMode,
+    host: &'a Netlink,
+    in_pod: &'a Netlink,
+    netns: &'a File,
+    dataplane: &'a mut Dataplane,
+    made: Made,
+    result: CNIResult,
+}
+
+impl Attach<'_> {
+    async fn all(&mut self, tx: &mut impl Transaction, links: &[Link], pod: &crate::topology::PodRef) -> Result<(), CniError> {
+        let mut held = records::container_ends(tx, &self.env.container_id)?;
+        for link in links {
+            for side in link.sides_of(pod) {
+                self.end(tx, link, side).await?;
+                held.retain(|end| !(end.link == link.id() && end.side == side));
+                held.push(EndRef { link: link.id(), side });
+            }
+        }
+        records::put_container_ends(tx, &self.env.container_id, &held)?;
+        Ok(())
+    }
+
+    async fn end(&mut self, tx: &mut impl Transaction, link: &Link, side: Side) -> Result<(), CniError> {
+        let end = link.end(side);
+        let ifname = end.ifname.as_str();
+        if self.in_pod.link_by_name(ifname).await?.is_some() {
+            return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });
+        }
+        let host_ifname = naming::host_ifname(&link.id(), side);
+        // No record holds this name (held ends were released above), so an
+        // interface with it is the leftover of an ADD that was killed.
+        if let Some(orphan) = self.host.link_by_name(&host_ifname).await? {
+            self.dataplane.detach_tcx(&host_ifname)?;
+            self.host.delete_link(orphan.index).await?;
+        }
+        let spec = VethSpec { host_ifname: &host_ifname, pod_ifname: ifname, pod_netns: self.netns, mtu: link.mtu(), pod_mac: end.mac };
+        let veth = self.host.create_veth(&spec).await?;
+        self.made.veths.push((veth.index, host_ifname.clone()));
+        // Attach before the pod end is up, so the pod's first frame already
+        // meets the program.
+        self.dataplane.attach(&host_ifname, self.mode)?;
+        self.dataplane.track(veth.index)?;
+        self.made.tracked.push(veth.index);
+        let pod_end = self.in_pod.link_by_name(ifname).await?.ok_or_else(|| CniError::IfNameTaken {
+            ifname: format!("{ifname} (vanished right after it was made)"),
+            netns: self.env.netns.clone(),
+        })?;
+        self.in_pod.add_addresses(pod_end.index, ifname, &end.ips).await?;
+        self.in_pod.set_up(pod_end.index, ifname).await?;
+
+        let record = EndRecord {
+            container_id: self.env.container_id.clone(),
+            cni_ifname: self.env.ifname.clone(),
+            pod: end.pod.clone(),
+            netns: self.env.netns.clone(),
+            ifname: end.ifname.clone(),
+            host_ifname: host_ifname.clone(),
+            host_ifindex: veth.index,
+            node: self.node.clone(),
+        };
+        let mut ends = records::ends(tx, &link.id())?;
+        let before = pairing::forwarding(&ends, &self.node);
+        ends[side.index()] = Some(record.clone());
+        let (stale, fresh) = pairing::rewire(&before, &pairing::forwarding(&ends, &self.node));
+        for from in stale {
+            self.dataplane.unforward(from)?;
+        }
+        for forward in fresh {
+            self.dataplane.forward(forward.from, forward.to)?;
+            self.made.forwards.push(forward.from);
+        }
+        records::put_end(tx, &link.id(), side, &record)?;
+
+        self.result.interfaces.push(interface(host_ifname, veth.mac, None));
+        self.result.interfaces.push(interface(ifname.into(), pod_end.mac, Some(self.env.netns.clone())));
+        let pod_index = u32::try_from(self.result.interfaces.len() - 1).expect("a handful of interfaces");
+        self.result.ips.extend(end.ips.iter().map(|ip| IpConfig { interface: Some(pod_index), address: *ip, gateway: None }));
+        Ok(())
+    }
+}
+
+fn interface(name: String, mac: Option<crate::topology::MacAddr>, sandbox: Option<String>) -> Interface {
+    Interface { name, mac: mac.map(|m| m.to_string()).unwrap_or_default(), mtu: None, sandbox, socket_path: None, pci_id: None }
+}
+
+/// What an ADD made so far, so a failure can take it back.
+#[derive(Default)]
+struct Made {
+    veths: Vec<(u32, String)>,
+    tracked: Vec<u32>,
+    forwards: Vec<u32>,
+}
+
+impl Made {
+    /// Best effort: the error that got us here is what the runtime must see,
+    /// and whatever fails to go here dies with the pod's netns anyway.
+    async fn undo(self, host: &Netlink, dataplane: &mut Dataplane) {
+        for from in self.forwards {
+            let _ = dataplane.unforward(from);
+        }
+        for ifindex in self.tracked {
+            let _ = dataplane.untrack(ifindex);
+        }
+        for (ifindex, ifname) in self.veths {
+            let _ = dataplane.detach_tcx(&ifname);
+            let _ = host.delete_link(ifindex).await;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The `CNI_*` environment a runtime passes, parsed and checked once.
+
+use std::collections::HashMap;
+
+use super::error::CniError;
+use crate::topology::PodRef;
+
+/// How a runtime calls us for one verb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniEnv {
+    pub container_id: String,
+    /// Empty on a DEL whose netns is already gone (containerd's second DEL).
+    pub netns: String,
+    pub ifname: String,
+    pub args: HashMap<String, String>,
+}
+
+impl CniEnv {
+    /// Reads the variables ADD (and CHECK) need: all of them, netns included.
+    pub fn for_add(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let env = Self::read(&get)?;
+        if env.netns.is_empty() {
+            return Err(CniError::Env { var: "CNI_NETNS", reason: "missing or empty".into() });
+        }
+        Ok(env)
+    }
+
+    /// Reads the variables DEL needs; the netns may be empty.
+    pub fn for_del(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        Self::read(&get)
+    }
+
+    fn read(get: &impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let required = |var: &'static str| {
+            get(var).filter(|v| !v.is_empty()).ok_or(CniError::Env { var, reason: "missing or empty".into() })
+        };
+        let container_id = required("CNI_CONTAINERID")?;
+        if !is_valid_container_id(&container_id) {
+            let reason = format!("{container_id:?} must start with a letter or digit, then only letters, digits, '_', '.' or '-'");
+            return Err(CniError::Env { var: "CNI_CONTAINERID", reason });
+        }
+        let ifname = required("CNI_IFNAME")?;
+        if ifname.parse::<crate::topology::IfName>().is_err() {
+            let reason = format!("{ifname:?} is not a valid interface name");
+            return Err(CniError::Env { var: "CNI_IFNAME", reason });
+        }
+        Ok(Self {
+            container_id,
+            netns: get("CNI_NETNS").unwrap_or_default(),
+            ifname,
+            args: parse_args(&get("CNI_ARGS").unwrap_or_default())?,
+        })
+    }
+
+    /// The pod kubelet names in `CNI_ARGS`.
+    pub fn pod(&self) -> Result<PodRef, CniError> {
+        let arg = |key: &str| {
+            self.args.get(key).ok_or_else(|| CniError::Env { var: "CNI_ARGS", reason: format!("has no {key}") })
+        };
+        let (namespace, name) = (arg("K8S_POD_NAMESPACE")?, arg("K8S_POD_NAME")?);
+        PodRef::new(namespace, name).map_err(|e| CniError::Env { var: "CNI_ARGS", reason: e.to_string() })
+    }
+}
+
+/// The spec's rule for container ids (they end up in store keys, so it matters).
+fn is_valid_container_id(id: &str) -> bool {
+    id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Parses `K=V;K2=V2` (the `CNI_ARGS` format).
+fn parse_args(raw: &str) -> Result<HashMap<String, String>, CniError> {
+    raw.split(';')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(CniError::Env { var: "CNI_ARGS", reason: format!("{pair:?} is not KEY=VALUE") }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.get(k).cloned()
+    }
+
+    const KUBELET: &[(&str, &str)] = &[
+        ("CNI_CONTAINERID", "abc123"),
+        ("CNI_NETNS", "/var/run/netns/cni-1"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=alpha;K8S_POD_INFRA_CONTAINER_ID=abc123"),
+    ];
+
+    #[test]
+    fn reads_what_kubelet_passes() {
+        let env = CniEnv::for_add(env(KUBELET)).unwrap();
+        assert_eq!(env.pod().unwrap().to_string(), "default/alpha");
+        assert_eq!(env.ifname, "eth0");
+    }
+
+    #[test]
+    fn names_the_offending_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")], "CNI_CONTAINERID: missing"),
+            (&[("CNI_CONTAINERID", "../etc"), ("CNI_IFNAME", "eth0")], "CNI_CONTAINERID: \"../etc\""),
+            (&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0/x")], "CNI_IFNAME"),
+            (&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "novalue")], "CNI_ARGS: \"novalue\""),
+            (&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")], "CNI_NETNS: missing"),
+        ];
+        for (vars, expected) in cases {
+            let err = CniEnv::for_add(env(vars)).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn del_accepts_an_empty_netns() {
+        let env = CniEnv::for_del(env(&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")])).unwrap();
+        assert!(env.netns.is_empty());
+        assert!(matches!(env.pod(), Err(CniError::Env { var: "CNI_ARGS", .. })));
+    }
+}

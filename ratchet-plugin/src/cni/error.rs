@@ -1,0 +1,73 @@
+//! Every way a verb can fail, each with its CNI error code.
+//!
+//! Codes below 100 are the spec's; ratchet's own start at 100 and are listed
+//! in the README. Messages name what failed and where (the variable, the
+//! key, the interface, the netns), because the runtime shows them to people.
+
+use rscni_types::error::Error as WireError;
+
+use crate::{dataplane::DataplaneError, netlink::NetlinkError, store::StoreError, topology::TopologyError};
+
+/// Ratchet's own error codes (the spec leaves 100 and up to plugins).
+pub mod codes {
+    /// A netlink request (veth, address, link state) failed.
+    pub const NETLINK: u32 = 100;
+    /// The pod has no link in the topology, so ratchet has nothing to give it.
+    pub const POD_NOT_IN_TOPOLOGY: u32 = 101;
+    /// An interface the link needs already exists in the pod.
+    pub const IFNAME_TAKEN: u32 = 102;
+    /// Loading, pinning or attaching the eBPF programs, or a map update, failed.
+    pub const DATAPLANE: u32 = 103;
+    /// The host interface name of a link end is held by something that is not that end.
+    pub const HOST_IFNAME_CONFLICT: u32 = 104;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("{var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    #[error("{0}")]
+    Decode(String),
+    #[error("{key}: {reason}")]
+    Config { key: String, reason: String },
+    #[error("{0}")]
+    IncompatibleVersion(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("pod {pod} has no link in the topology (apply one with `ratchet topology apply`)")]
+    PodNotInTopology { pod: String },
+    #[error("interface {ifname} already exists in netns {netns}")]
+    IfNameTaken { ifname: String, netns: String },
+    #[error("host interface {ifname} exists but is not link {link}'s end; remove it or rename the link")]
+    HostIfNameConflict { ifname: String, link: String },
+}
+
+impl CniError {
+    /// The error as the spec's error result carries it: code, short message, details.
+    pub fn to_wire(&self) -> WireError {
+        let details = self.to_string();
+        let custom = |code, msg: &str| WireError::Custom(code, msg.into(), details.clone());
+        match self {
+            CniError::Env { .. } => WireError::InvalidEnvValue(details),
+            CniError::Decode(_) => WireError::FailedToDecode(details),
+            CniError::Config { .. } | CniError::Topology(_) => WireError::InvalidNetworkConfig(details),
+            CniError::IncompatibleVersion(_) => WireError::IncompatibleVersion(details),
+            CniError::Io(_) => WireError::IOFailure(details),
+            CniError::Store(StoreError::Busy { .. }) => WireError::TryAgainLater(details),
+            CniError::Store(_) => WireError::IOFailure(details),
+            CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
+            CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
+            CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
+            CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),
+            CniError::HostIfNameConflict { .. } => custom(codes::HOST_IFNAME_CONFLICT, "host interface name conflict"),
+        }
+    }
+}

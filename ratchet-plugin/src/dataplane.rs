@@ -1,0 +1,281 @@
+//! The eBPF side of a node: load once, pin, and reuse from every ADD.
+//!
+//! The first verb on a node loads the embedded object, and pins the program
+//! and its maps under the pin root (`/sys/fs/bpf/ratchet` by default). Every
+//! later verb opens the pins: no load and no verification per ADD. Attaching
+//! to a host veth is a clsact filter made over netlink (the default: deleting
+//! the veth removes it) or a pinned tcx link.
+
+use std::{
+    fs, io,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, TcAttachOptions, TcError},
+    },
+};
+use nix::{
+    fcntl::{Flock, FlockArg},
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+use ratchet_common::{EndStats, MAP_PEERS, MAP_STATS, MAP_SWITCHES, PROG_TO_PEER, Peer, Switches};
+
+use crate::config::AttachMode;
+
+/// The object `build.rs` compiled from `ratchet-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ratchet"));
+
+/// Where bpffs lives when it is mounted at all.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Pin names under the pin root (bpftool takes these paths).
+const PIN_PROG: &str = PROG_TO_PEER;
+const PIN_PEERS: &str = "peers";
+const PIN_STATS: &str = "stats";
+const PIN_SWITCHES: &str = "switches";
+/// tcx links, one pin per host veth.
+const PIN_LINKS: &str = "links";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("pin root {path}: {source}")]
+    PinRoot { path: String, source: io::Error },
+    #[error("cannot mount bpffs at {BPFFS}: {0}")]
+    Mount(nix::Error),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{what}: {source}")]
+    Program { what: String, source: ProgramError },
+    #[error("{what}: {source}")]
+    Link { what: String, source: LinkError },
+    #[error("{what}: {source}")]
+    Map { what: String, source: MapError },
+    #[error("attaching to {ifname}: {source}")]
+    Attach { ifname: String, source: TcError },
+}
+
+/// The pinned program and maps of one node.
+pub struct Dataplane {
+    root: PathBuf,
+    program: SchedClassifier,
+    peers: HashMap<MapData, u32, Peer>,
+    stats: PerCpuHashMap<MapData, u32, EndStats>,
+}
+
+impl Dataplane {
+    /// Opens the node's pins, loading and pinning the object first if there
+    /// are none. `lock_dir` holds the lock that keeps two first ADDs from
+    /// loading twice.
+    pub fn open_or_load(root: &Path, lock_dir: &Path) -> Result<Self, DataplaneError> {
+        if let Some(dataplane) = Self::open(root)? {
+            return Ok(dataplane);
+        }
+        ensure_bpffs(root)?;
+        let lock_path = lock_dir.join("dataplane.lock");
+        let pin_root_error = |source| DataplaneError::PinRoot { path: root.display().to_string(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(lock_dir).map_err(pin_root_error)?;
+        let file = fs::File::create(&lock_path).map_err(pin_root_error)?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| pin_root_error(e.into()))?;
+        if let Some(dataplane) = Self::open(root)? {
+            return Ok(dataplane);
+        }
+        load_and_pin(root)?;
+        Ok(Self::open(root)?.expect("pins were just made"))
+    }
+
+    /// Opens the node's pins; `None` when nothing is loaded on this node.
+    pub fn open(root: &Path) -> Result<Option<Self>, DataplaneError> {
+        let prog_pin = root.join(PIN_PROG);
+        if !prog_pin.exists() {
+            return Ok(None);
+        }
+        let program = SchedClassifier::from_pin(&prog_pin)
+            .map_err(|source| DataplaneError::Program { what: format!("open {}", prog_pin.display()), source })?;
+        Ok(Some(Self { root: root.to_owned(), program, peers: open_map(root, PIN_PEERS)?, stats: open_map(root, PIN_STATS)? }))
+    }
+
+    /// Attaches the redirect program to a host veth's ingress.
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
+        match mode {
+            AttachMode::Clsact => {
+                match tc::qdisc_add_clsact(ifname) {
+                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source })?,
+                }
+                let options = TcAttachOptions::Netlink(NlOptions::default());
+                let id = self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+                // Dropping the link would delete the filter; the filter must
+                // outlive this process, and goes with the veth.
+                std::mem::forget(self.program.take_link(id).map_err(attach_error)?);
+            }
+            AttachMode::Tcx => {
+                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+                let id = self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+                let link: FdLink = self.program.take_link(id).map_err(attach_error)?.try_into().map_err(|source| {
+                    DataplaneError::Link { what: format!("tcx link of {ifname}"), source }
+                })?;
+                let links = self.root.join(PIN_LINKS);
+                let pin_error = |source| DataplaneError::PinRoot { path: links.display().to_string(), source };
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(&links).map_err(pin_error)?;
+                link.pin(links.join(ifname)).map_err(|e| pin_error(io::Error::other(e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a tcx link pin, which detaches it (the clsact filter needs
+    /// nothing: it goes with the veth). A missing pin is not an error.
+    pub fn detach_tcx(&self, ifname: &str) -> Result<(), DataplaneError> {
+        let path = self.root.join(PIN_LINKS).join(ifname);
+        if !path.exists() {
+            return Ok(());
+        }
+        let pinned = PinnedLink::from_pin(&path)
+            .map_err(|source| DataplaneError::Link { what: format!("open {}", path.display()), source })?;
+        // Unpin, then drop our fd, the last reference: the detach is synchronous.
+        drop(pinned.unpin().map_err(|source| DataplaneError::PinRoot { path: path.display().to_string(), source })?);
+        Ok(())
+    }
+
+    /// Frames entering host veth `from` go into the pod behind host veth `to`.
+    pub fn forward(&mut self, from: u32, to: u32) -> Result<(), DataplaneError> {
+        self.peers.insert(from, Peer { ifindex: to }, 0).map_err(|source| DataplaneError::Map {
+            what: format!("{MAP_PEERS}[{from}] = {to}"),
+            source,
+        })
+    }
+
+    /// Frames entering `from` are dropped from now on. Missing is fine.
+    pub fn unforward(&mut self, from: u32) -> Result<(), DataplaneError> {
+        ignore_missing(self.peers.remove(&from)).map_err(|source| DataplaneError::Map {
+            what: format!("remove {MAP_PEERS}[{from}]"),
+            source,
+        })
+    }
+
+    /// Where frames entering `from` go now, if anywhere.
+    pub fn peer_of(&self, from: u32) -> Result<Option<u32>, DataplaneError> {
+        match self.peers.get(&from, 0) {
+            Ok(peer) => Ok(Some(peer.ifindex)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_PEERS}[{from}]"), source }),
+        }
+    }
+
+    /// Starts counting for a host veth, from zero.
+    pub fn track(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map_error = |source| DataplaneError::Map { what: format!("{MAP_STATS}[{ifindex}] = 0"), source };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_error(MapError::from(e)))?;
+        let zeros = PerCpuValues::try_from(vec![EndStats::default(); cpus]).map_err(|e| map_error(MapError::from(e)))?;
+        self.stats.insert(ifindex, zeros, 0).map_err(map_error)
+    }
+
+    /// Stops counting for a host veth. Missing is fine.
+    pub fn untrack(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        ignore_missing(self.stats.remove(&ifindex)).map_err(|source| DataplaneError::Map {
+            what: format!("remove {MAP_STATS}[{ifindex}]"),
+            source,
+        })
+    }
+
+    /// A host veth's counters, summed over CPUs; `None` when not tracked.
+    pub fn stats(&self, ifindex: u32) -> Result<Option<EndStats>, DataplaneError> {
+        match self.stats.get(&ifindex, 0) {
+            Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(EndStats::default(), |sum, cpu| sum + *cpu))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_STATS}[{ifindex}]"), source }),
+        }
+    }
+
+    /// The loaded program's kernel id (for aya-log's reader).
+    pub fn program_id(&self) -> Result<u32, DataplaneError> {
+        let info = self.program.info().map_err(|source| DataplaneError::Program { what: "program info".into(), source })?;
+        Ok(info.id())
+    }
+
+    /// Sets the run-time switches every attached copy of the program reads.
+    pub fn set_switches(&self, switches: Switches) -> Result<(), DataplaneError> {
+        let mut map: Array<MapData, Switches> = open_map(&self.root, PIN_SWITCHES)?;
+        map.set(0, switches, 0).map_err(|source| DataplaneError::Map { what: format!("write {MAP_SWITCHES}"), source })
+    }
+
+    /// Removes every pin under `root` (the CLI's `unload`): programs still
+    /// attached keep running until their veths go, but nothing new can use them.
+    pub fn unload(root: &Path) -> Result<(), DataplaneError> {
+        match fs::remove_dir_all(root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.map_err(|source| DataplaneError::PinRoot { path: root.display().to_string(), source }),
+        }
+    }
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+fn open_map<M>(root: &Path, pin: &str) -> Result<M, DataplaneError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let path = root.join(pin);
+    let map_error = |source| DataplaneError::Map { what: format!("open {}", path.display()), source };
+    let map = Map::from_map_data(MapData::from_pin(&path).map_err(map_error)?).map_err(map_error)?;
+    M::try_from(map).map_err(map_error)
+}
+
+/// Mounts bpffs at its usual place when the pin root sits there and it is
+/// missing (some hosts do not mount it at boot).
+fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
+    let on_bpffs = |path: &Path| statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC);
+    if on_bpffs(Path::new(BPFFS)) || !root.starts_with(BPFFS) {
+        return Ok(());
+    }
+    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(DataplaneError::Mount)
+}
+
+/// Loads the object and pins what later verbs open; pins go to a fresh
+/// directory first so a crash never leaves a half-pinned root behind.
+fn load_and_pin(root: &Path) -> Result<(), DataplaneError> {
+    // bpffs refuses names with a dot in them.
+    let staging = PathBuf::from(format!("{}-loading-{}", root.display(), std::process::id()));
+    let pin_error = |path: &Path, source| DataplaneError::PinRoot { path: path.display().to_string(), source };
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&staging).map_err(|e| pin_error(&staging, e))?;
+    let result = pin_into(&staging);
+    let result = result.and_then(|()| fs::rename(&staging, root).map_err(|e| pin_error(root, e)));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
+    let mut ebpf: Ebpf = EbpfLoader::new().load(OBJECT)?;
+    let pin_error = |what: &str, e: aya::pin::PinError| DataplaneError::PinRoot {
+        path: dir.join(what).display().to_string(),
+        source: io::Error::other(e),
+    };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROG_TO_PEER)
+        .expect("the object has the program")
+        .try_into()
+        .map_err(|source| DataplaneError::Program { what: PROG_TO_PEER.into(), source })?;
+    program.load().map_err(|source| DataplaneError::Program { what: format!("load {PROG_TO_PEER}"), source })?;
+    program.pin(dir.join(PIN_PROG)).map_err(|e| pin_error(PIN_PROG, e))?;
+    for (map, pin) in [(MAP_PEERS, PIN_PEERS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)] {
+        ebpf.map(map).expect("the object has the map").pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
+    }
+    Ok(())
+}

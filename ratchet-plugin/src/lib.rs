@@ -1,0 +1,16 @@
+//! ratchet: a CNI plugin that gives pods point-to-point links whose frames
+//! are moved by a TC eBPF program (`bpf_redirect_peer`), with no bridge.
+//!
+//! One binary: the CNI plugin when a runtime sets `CNI_COMMAND` ([`cni`]), an
+//! operator's CLI otherwise ([`cli`]).
+
+pub mod cli;
+pub mod cni;
+pub mod config;
+pub mod dataplane;
+pub mod naming;
+pub mod netlink;
+pub mod pairing;
+pub mod store;
+pub mod topology;
+mod trace;

@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match std::env::var("CNI_COMMAND") {
+        Ok(command) => ratchet_plugin::cni::run(&command),
+        Err(_) => match ratchet_plugin::cli::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ratchet: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,202 @@
+//! The netlink requests ratchet makes, in the host netns or a pod's.
+//!
+//! A netlink socket belongs to the netns it was opened in, so a pod's socket
+//! is opened on a throw-away thread that entered the pod's netns (`setns`
+//! only ever changes that thread, never a runtime worker; see
+//! containernetworking/plugins pkg/ns/README.md for why that matters). All
+//! requests then run on the caller's runtime.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::{
+    Handle, LinkUnspec, LinkVeth,
+    packet_route::{
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
+        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+    },
+};
+
+use crate::topology::MacAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open netns {path}: {source}")]
+    Netns { path: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Request { what: String, source: rtnetlink::Error },
+}
+
+/// A netlink handle bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// What the kernel says about one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// One end of a veth pair to create: the host end stays in the caller's
+/// netns, the pod end is born inside the pod's.
+pub struct VethSpec<'a> {
+    pub host_ifname: &'a str,
+    pub pod_ifname: &'a str,
+    pub pod_netns: &'a File,
+    pub mtu: u32,
+    pub pod_mac: Option<MacAddr>,
+}
+
+impl Netlink {
+    /// A handle in the netns this process runs in (the host's).
+    pub fn host() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetlinkError::Netns { path: "/proc/self/ns/net".into(), source: e })?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// A handle whose socket lives in the netns at `path`.
+    pub fn in_netns(path: &str) -> Result<Self, NetlinkError> {
+        let netns_error = |source| NetlinkError::Netns { path: path.into(), source };
+        let netns = File::open(path).map_err(netns_error)?;
+        let runtime = tokio::runtime::Handle::current();
+        let opened = std::thread::spawn(move || {
+            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            // The socket registers with the caller's reactor, which drives it.
+            let _entered = runtime.enter();
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            runtime.spawn(conn);
+            Ok::<_, std::io::Error>(handle)
+        })
+        .join()
+        .expect("the netns thread does not panic");
+        Ok(Self { handle: opened.map_err(netns_error)? })
+    }
+
+    /// Looks an interface up by name; `None` when there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let found = self.handle.link().get().match_name(name).execute().try_next().await;
+        match found {
+            Ok(msg) => Ok(msg.map(link_info)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(source) => Err(NetlinkError::Request { what: format!("look up {name}"), source }),
+        }
+    }
+
+    /// Creates the veth pair in one request, so a failure leaves no half.
+    /// The host end gets no IPv6 link-local address: it is a wire, not a
+    /// host, and must not send router or multicast chatter into the pod.
+    pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<LinkInfo, NetlinkError> {
+        let mut peer = LinkUnspec::new_with_name(spec.pod_ifname).mtu(spec.mtu).setns_by_fd(spec.pod_netns.as_raw_fd());
+        if let Some(mac) = spec.pod_mac {
+            peer = peer.address(mac.0.to_vec());
+        }
+        let veth = LinkVeth::new(spec.host_ifname, spec.pod_ifname)
+            .mtu(spec.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        let what = || format!("create veth {} <-> {}", spec.host_ifname, spec.pod_ifname);
+        self.handle.link().add(veth).execute().await.map_err(|source| NetlinkError::Request { what: what(), source })?;
+        let host = self.link_by_name(spec.host_ifname).await?.ok_or_else(|| NetlinkError::Request {
+            what: what(),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+        // The kernel refuses the address-generation mode at creation, so it
+        // is a second request, made before the link is up.
+        let no_link_local = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+            In6AddrGenMode::None,
+        )])]);
+        let change = LinkUnspec::new_with_index(host.index).append_extra_attribute(no_link_local).build();
+        self.change(change, || format!("set addrgenmode none on {}", spec.host_ifname)).await?;
+        self.set_up(host.index, spec.host_ifname).await?;
+        Ok(LinkInfo { up: true, ..host })
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
+    }
+
+    async fn change(&self, msg: LinkMessage, what: impl Fn() -> String) -> Result<(), NetlinkError> {
+        self.handle.link().change(msg).execute().await.map_err(|source| NetlinkError::Request { what: what(), source })
+    }
+
+    /// Adds addresses without duplicate address detection: the link has one
+    /// peer whose addresses the topology fixed, and DAD would hold IPv6
+    /// back for seconds after ADD returns.
+    pub async fn add_addresses(&self, index: u32, name: &str, ips: &[IpNet]) -> Result<(), NetlinkError> {
+        for ip in ips {
+            let mut request = self.handle.address().add(index, ip.addr(), ip.prefix_len());
+            if ip.addr().is_ipv6() {
+                request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+                request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            let what = format!("add address {ip} to {name}");
+            request.execute().await.map_err(|source| NetlinkError::Request { what, source })?;
+        }
+        Ok(())
+    }
+
+    /// The addresses on an interface, with their prefix lengths.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let request = self.handle.address().get().set_link_index_filter(index).execute();
+        let messages: Vec<_> = request
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("list addresses of ifindex {index}"), source })?;
+        let address = |msg: &rtnetlink::packet_route::address::AddressMessage| {
+            msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(ip) => IpNet::new(*ip, msg.header.prefix_len).ok(),
+                _ => None,
+            })
+        };
+        Ok(messages.iter().filter_map(address).collect())
+    }
+
+    /// Deletes an interface by index; one already gone is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            other => other.map_err(|source| NetlinkError::Request { what: format!("delete ifindex {index}"), source }),
+        }
+    }
+}
+
+fn link_info(msg: LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => info.name = name,
+            LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+            LinkAttribute::Address(bytes) => info.mac = bytes.try_into().ok().map(MacAddr),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The positive errno of a kernel NACK.
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|code| -code.get()),
+        _ => None,
+    }
+}
+

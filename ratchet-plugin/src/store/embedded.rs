@@ -1,0 +1,161 @@
+//! The default store for a single node: one SQLite file.
+//!
+//! SQLite gives what a CNI plugin needs without running a server: many plugin
+//! processes may open it at once (kubelet runs ADDs in parallel), `BEGIN
+//! IMMEDIATE` makes a transaction exclusive among writers, and its journal
+//! makes every commit all-or-nothing even if the process is killed mid-write.
+
+use std::{fs, os::unix::fs::DirBuilderExt, path::Path, time::Duration};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{Store, StoreError, Transaction};
+
+/// How long a transaction waits for another process's one to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// The file name inside the state directory.
+const FILE_NAME: &str = "store.sqlite";
+
+pub struct EmbeddedStore {
+    conn: Connection,
+    path: String,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `state_dir`, which is made
+    /// root-only because records name every pod's netns and interfaces.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = state_dir.join(FILE_NAME);
+        let display = path.display().to_string();
+        let io = |message: String| StoreError::Io { path: display.clone(), message };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(|e| io(e.to_string()))?;
+        let conn = Connection::open(&path).map_err(|e| io(e.to_string()))?;
+        conn.busy_timeout(LOCK_WAIT).map_err(|e| io(e.to_string()))?;
+        // WAL lets readers (the CLI) run beside a writer; FULL syncs each
+        // commit so a crash or power cut never loses an acknowledged ADD.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+        )
+        .map_err(|e| sql_error(&display, e))?;
+        Ok(Self { conn, path: display })
+    }
+}
+
+impl Store for EmbeddedStore {
+    type Tx<'a> = EmbeddedTx<'a>;
+
+    fn begin(&mut self) -> Result<EmbeddedTx<'_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(&self.path, e))?;
+        Ok(EmbeddedTx { tx, path: &self.path })
+    }
+}
+
+pub struct EmbeddedTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a str,
+}
+
+impl Transaction for EmbeddedTx<'_> {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tx
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| row.get(0))
+            .optional()
+            .map_err(|e| sql_error(self.path, e))
+    }
+
+    fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // Keys are ASCII, so U+10FFFF sorts after every key with this prefix.
+        let end = format!("{prefix}\u{10FFFF}");
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .map_err(|e| sql_error(self.path, e))?;
+        let rows = stmt.query_map(params![prefix, end], |row| Ok((row.get(0)?, row.get(1)?)));
+        rows.and_then(Iterator::collect).map_err(|e| sql_error(self.path, e))
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .execute("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![key, value])
+            .map(drop)
+            .map_err(|e| sql_error(self.path, e))
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM kv WHERE key = ?1", [key]).map(drop).map_err(|e| sql_error(self.path, e))
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        let path = self.path;
+        self.tx.commit().map_err(|e| sql_error(path, e))
+    }
+}
+
+fn sql_error(path: &str, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { path: path.into(), waited: LOCK_WAIT },
+        _ => StoreError::Io { path: path.into(), message: error.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn commits_and_scans_by_prefix() {
+        let (_dir, mut store) = temp_store();
+        let mut tx = store.begin().unwrap();
+        tx.put("/r/a/1", b"one").unwrap();
+        tx.put("/r/a/2", b"two").unwrap();
+        tx.put("/r/b/1", b"other").unwrap();
+        tx.commit().unwrap();
+
+        let mut tx = store.begin().unwrap();
+        let keys: Vec<_> = tx.scan("/r/a/").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["/r/a/1", "/r/a/2"]);
+        tx.delete("/r/a/1").unwrap();
+        tx.delete("/r/never").unwrap();
+        assert_eq!(tx.get("/r/a/1").unwrap(), None);
+    }
+
+    #[test]
+    fn dropping_rolls_back() {
+        let (_dir, mut store) = temp_store();
+        let mut tx = store.begin().unwrap();
+        tx.put("/k", b"v").unwrap();
+        drop(tx);
+        assert_eq!(store.begin().unwrap().get("/k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_writer_waits_for_the_first() {
+        let (dir, mut first) = temp_store();
+        let mut tx = first.begin().unwrap();
+        tx.put("/k", b"1").unwrap();
+        let path = dir.path().to_owned();
+        let second = std::thread::spawn(move || {
+            let mut store = EmbeddedStore::open(&path).unwrap();
+            let mut tx = store.begin().unwrap();
+            let seen = tx.get("/k").unwrap();
+            tx.put("/k", b"2").unwrap();
+            tx.commit().unwrap();
+            seen
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        tx.commit().unwrap();
+        assert_eq!(second.join().unwrap().as_deref(), Some(&b"1"[..]));
+    }
+}

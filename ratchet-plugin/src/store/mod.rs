@@ -1,0 +1,57 @@
+//! Where ratchet keeps what it knows: the topology, which link ends are
+//! attached to which containers, and their host interfaces.
+//!
+//! The store is a key-value space with exclusive transactions: ADD and DEL run
+//! their whole read-decide-write step (including the eBPF map updates that
+//! must agree with the records) inside one, so two plugin processes never pair
+//! the same link twice or redirect into an end that is going away. This is the
+//! shape an etcd backend implements too (a lock plus a transaction), so the
+//! verbs never know which backend they talk to.
+//!
+//! Key layout (all under `/ratchet/`):
+//! - `topology/links/<link id>`: the link as the topology gives it;
+//! - `topology/pods/<namespace>/<pod>`: the ids of that pod's links;
+//! - `ends/<link id>/<a|b>`: the attachment of one link end ([`records::EndRecord`]);
+//! - `containers/<container id>`: the link ends that container attached.
+
+mod embedded;
+pub mod records;
+
+use std::time::Duration;
+
+pub use embedded::EmbeddedStore;
+
+/// What can go wrong talking to a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the store for longer than we wait: retrying helps.
+    #[error("store at {path} is busy (locked for more than {waited:?})")]
+    Busy { path: String, waited: Duration },
+    #[error("store at {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("store record {key} is not valid: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// A backend that can open exclusive transactions.
+pub trait Store {
+    type Tx<'a>: Transaction
+    where
+        Self: 'a;
+
+    /// Starts a transaction that excludes every other writer until it is
+    /// committed or dropped (dropping rolls it back).
+    fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
+}
+
+/// Reads and writes inside one transaction; nothing is visible to others
+/// before [`Transaction::commit`].
+pub trait Transaction {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every key starting with `prefix`, in key order, with its value.
+    fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key`; removing a key that is not there is not an error.
+    fn delete(&mut self, key: &str) -> Result<(), StoreError>;
+    fn commit(self) -> Result<(), StoreError>;
+}

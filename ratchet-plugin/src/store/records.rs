@@ -1,0 +1,143 @@
+//! Typed records over a [`Transaction`]: the key layout lives here and
+//! nowhere else.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{StoreError, Transaction};
+use crate::topology::{IfName, Link, PodRef, Side, Topology};
+
+const LINKS: &str = "/ratchet/topology/links/";
+const PODS: &str = "/ratchet/topology/pods/";
+const TOPOLOGY: &str = "/ratchet/topology/";
+const ENDS: &str = "/ratchet/ends/";
+const CONTAINERS: &str = "/ratchet/containers/";
+
+/// One attached link end: what DEL, CHECK and the CLI need to find it again
+/// even when the pod's netns is already gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub container_id: String,
+    /// The `CNI_IFNAME` of the attachment, so GC can match valid attachments.
+    pub cni_ifname: String,
+    pub pod: PodRef,
+    pub netns: String,
+    /// The interface inside the pod.
+    pub ifname: IfName,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub node: String,
+}
+
+/// A link end a container attached, as listed under its container id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndRef {
+    pub link: String,
+    pub side: Side,
+}
+
+fn get_json<T: DeserializeOwned>(tx: &mut impl Transaction, key: &str) -> Result<Option<T>, StoreError> {
+    match tx.get(key)? {
+        Some(bytes) => decode(key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn put_json<T: Serialize>(tx: &mut impl Transaction, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).expect("records always serialize");
+    tx.put(key, &bytes)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.into(), message: e.to_string() })
+}
+
+/// Replaces the whole topology. Attached ends stay: they are torn down by DEL.
+pub fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
+    for (key, _) in tx.scan(TOPOLOGY)? {
+        tx.delete(&key)?;
+    }
+    let mut by_pod: std::collections::BTreeMap<&PodRef, Vec<String>> = Default::default();
+    for link in &topology.links {
+        put_json(tx, &format!("{LINKS}{}", link.id()), link)?;
+        for end in [&link.a, &link.b] {
+            let ids = by_pod.entry(&end.pod).or_default();
+            if !ids.contains(&link.id()) {
+                ids.push(link.id());
+            }
+        }
+    }
+    for (pod, ids) in by_pod {
+        put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids)?;
+    }
+    Ok(())
+}
+
+pub fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
+    let links = tx.scan(LINKS)?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
+    Ok(Topology { links })
+}
+
+pub fn link(tx: &mut impl Transaction, id: &str) -> Result<Option<Link>, StoreError> {
+    get_json(tx, &format!("{LINKS}{id}"))
+}
+
+/// The links that have an end in `pod`.
+pub fn links_of_pod(tx: &mut impl Transaction, pod: &PodRef) -> Result<Vec<Link>, StoreError> {
+    let ids: Vec<String> = get_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name))?.unwrap_or_default();
+    let mut links = Vec::with_capacity(ids.len());
+    for id in ids {
+        // The index and the links are written together, so a miss is corruption.
+        let link = link(tx, &id)?.ok_or_else(|| StoreError::Corrupt {
+            key: format!("{PODS}{}/{}", pod.namespace, pod.name),
+            message: format!("names link {id}, which is not in the topology"),
+        })?;
+        links.push(link);
+    }
+    Ok(links)
+}
+
+fn end_key(link: &str, side: Side) -> String {
+    format!("{ENDS}{link}/{}", side.as_str())
+}
+
+pub fn end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<Option<EndRecord>, StoreError> {
+    get_json(tx, &end_key(link, side))
+}
+
+/// Both ends of a link, A first.
+pub fn ends(tx: &mut impl Transaction, link: &str) -> Result<[Option<EndRecord>; 2], StoreError> {
+    Ok([end(tx, link, Side::A)?, end(tx, link, Side::B)?])
+}
+
+/// Every attached end, with its link id and side.
+pub fn all_ends(tx: &mut impl Transaction) -> Result<Vec<(String, Side, EndRecord)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, bytes) in tx.scan(ENDS)? {
+        let parsed = key.strip_prefix(ENDS).and_then(|rest| rest.rsplit_once('/'));
+        let (link, side) = match parsed {
+            Some((link, "a")) => (link, Side::A),
+            Some((link, "b")) => (link, Side::B),
+            _ => return Err(StoreError::Corrupt { key, message: "not an end key".into() }),
+        };
+        out.push((link.to_owned(), side, decode(&key, &bytes)?));
+    }
+    Ok(out)
+}
+
+pub fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: &EndRecord) -> Result<(), StoreError> {
+    put_json(tx, &end_key(link, side), record)
+}
+
+pub fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<(), StoreError> {
+    tx.delete(&end_key(link, side))
+}
+
+pub fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Result<Vec<EndRef>, StoreError> {
+    Ok(get_json(tx, &format!("{CONTAINERS}{container_id}"))?.unwrap_or_default())
+}
+
+/// Records the ends a container holds; an empty list removes the record.
+pub fn put_container_ends(tx: &mut impl Transaction, container_id: &str, ends: &[EndRef]) -> Result<(), StoreError> {
+    let key = format!("{CONTAINERS}{container_id}");
+    if ends.is_empty() { tx.delete(&key) } else { put_json(tx, &key, &ends) }
+}

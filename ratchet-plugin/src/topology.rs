@@ -1,0 +1,417 @@
+//! The topology: which pod ends are joined by which point-to-point links.
+//!
+//! A topology file lists links; each link has two ends, and each end names a
+//! pod (as kubelet passes it in `CNI_ARGS`), the interface the pod sees, its
+//! addresses and optionally its MAC. Everything is validated when the file is
+//! read, so the plugin never meets a malformed link at ADD time.
+
+use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Why a topology (or one of its parts) was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopologyError {
+    #[error("pod {0:?} is not namespace/name with DNS-1123 names")]
+    BadPod(String),
+    #[error("interface name {0:?} must be 1-15 bytes without '/', ':', whitespace or NUL, and not '.' or '..'")]
+    BadIfName(String),
+    #[error("MAC address {0:?} must be six hex octets (aa:bb:cc:dd:ee:ff), unicast and not all zero")]
+    BadMac(String),
+    #[error("link name {0:?} must be 1-63 characters of A-Z a-z 0-9 . _ -")]
+    BadLinkName(String),
+    #[error("link {link}: MTU {mtu} is outside {min}..=65535")]
+    BadMtu { link: String, mtu: u32, min: u32 },
+    #[error("link {link}: address {ip} is a network or has a /0 prefix; give a host address with its prefix, e.g. 10.0.0.1/24")]
+    BadAddress { link: String, ip: IpNet },
+    #[error("link {0}: both ends are the same pod interface")]
+    SelfLink(String),
+    #[error("{0} appears in more than one link end")]
+    DuplicateEnd(String),
+    #[error("two links have the id {0:?}")]
+    DuplicateLink(String),
+    #[error("topology is not valid JSON: {0}")]
+    Parse(String),
+}
+
+/// A pod, identified as kubelet identifies it: `K8S_POD_NAMESPACE`/`K8S_POD_NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    /// Builds a pod reference from the two `CNI_ARGS` values, checking both.
+    pub fn new(namespace: &str, name: &str) -> Result<Self, TopologyError> {
+        let whole = || TopologyError::BadPod(format!("{namespace}/{name}"));
+        if !is_dns_label(namespace) || !is_dns_subdomain(name) {
+            return Err(whole());
+        }
+        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+    }
+}
+
+impl FromStr for PodRef {
+    type Err = TopologyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (namespace, name) = s.split_once('/').ok_or_else(|| TopologyError::BadPod(s.into()))?;
+        Self::new(namespace, name)
+    }
+}
+
+impl TryFrom<String> for PodRef {
+    type Error = TopologyError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<PodRef> for String {
+    fn from(pod: PodRef) -> Self {
+        pod.to_string()
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes namespace: an RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A pod name: an RFC 1123 subdomain (labels joined by dots).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A Linux interface name, checked the way the kernel's `dev_valid_name` does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = TopologyError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let valid = (1..=15).contains(&s.len())
+            && s != "."
+            && s != ".."
+            && !s.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+        if valid { Ok(Self(s)) } else { Err(TopologyError::BadIfName(s)) }
+    }
+}
+
+impl FromStr for IfName {
+    type Err = TopologyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.to_owned().try_into()
+    }
+}
+
+impl From<IfName> for String {
+    fn from(name: IfName) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A unicast Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = TopologyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || TopologyError::BadMac(s.into());
+        let mut octets = [0u8; 6];
+        let mut parts = s.split(':');
+        for octet in &mut octets {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *octet = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        let multicast = octets[0] & 1 == 1;
+        if parts.next().is_some() || multicast || octets == [0; 6] {
+            return Err(bad());
+        }
+        Ok(Self(octets))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = TopologyError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(mac: MacAddr) -> Self {
+        mac.to_string()
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// One end of a link: the interface a pod sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkEnd {
+    pub pod: PodRef,
+    pub ifname: IfName,
+    #[serde(default)]
+    pub ips: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+/// Which end of a link; `A` is the first end written in the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn other(self) -> Self {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// The end's position in a `[a, b]` pair.
+    pub fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+}
+
+/// The MTU a link gets when the topology names none: a plain Ethernet frame.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// A point-to-point link between two pod interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// An optional stable name; without one the id is derived from the ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub a: LinkEnd,
+    pub b: LinkEnd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+impl Link {
+    /// The link's identity in the store and in host interface names: its name,
+    /// or `ns:pod:ifname=ns:pod:ifname` (no `/`, so it is safe in store keys).
+    pub fn id(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => {
+                let end = |e: &LinkEnd| format!("{}:{}:{}", e.pod.namespace, e.pod.name, e.ifname);
+                format!("{}={}", end(&self.a), end(&self.b))
+            }
+        }
+    }
+
+    pub fn end(&self, side: Side) -> &LinkEnd {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu.unwrap_or(DEFAULT_MTU)
+    }
+
+    /// The sides of this link that belong to `pod` (both, for a pod linked to itself).
+    pub fn sides_of<'a>(&'a self, pod: &'a PodRef) -> impl Iterator<Item = Side> + 'a {
+        [Side::A, Side::B].into_iter().filter(move |side| &self.end(*side).pod == pod)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let id = self.id();
+        if let Some(name) = &self.name {
+            let ok = (1..=63).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(TopologyError::BadLinkName(name.clone()));
+            }
+        }
+        if self.a.pod == self.b.pod && self.a.ifname == self.b.ifname {
+            return Err(TopologyError::SelfLink(id));
+        }
+        let ips = || self.a.ips.iter().chain(&self.b.ips);
+        // IPv6 will not run on a link below 1280 bytes (RFC 8200).
+        let min = if ips().any(|ip| ip.addr().is_ipv6()) { 1280 } else { 68 };
+        if let Some(mtu) = self.mtu
+            && !(min..=65535).contains(&mtu)
+        {
+            return Err(TopologyError::BadMtu { link: id, mtu, min });
+        }
+        if let Some(ip) = ips().find(|ip| !is_host_address(ip)) {
+            return Err(TopologyError::BadAddress { link: id, ip: *ip });
+        }
+        Ok(())
+    }
+}
+
+/// True when `ip` names a host on its subnet, not the subnet itself (a /31,
+/// /32, /127 or /128 has no separate network address).
+fn is_host_address(ip: &IpNet) -> bool {
+    let point_to_point = match ip.addr() {
+        IpAddr::V4(_) => ip.prefix_len() >= 31,
+        IpAddr::V6(_) => ip.prefix_len() >= 127,
+    };
+    ip.prefix_len() > 0 && (point_to_point || ip.addr() != ip.network())
+}
+
+/// Every link of the node's (or cluster's) topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub links: Vec<Link>,
+}
+
+impl Topology {
+    /// Parses and validates a topology file's text.
+    pub fn from_json(text: &str) -> Result<Self, TopologyError> {
+        let topology: Self = serde_json::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    /// Checks each link, and that no link id or pod interface is used twice.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let mut ids = HashSet::new();
+        let mut ends = HashSet::new();
+        for link in &self.links {
+            link.validate()?;
+            if !ids.insert(link.id()) {
+                return Err(TopologyError::DuplicateLink(link.id()));
+            }
+            for end in [&link.a, &link.b] {
+                if !ends.insert((&end.pod, &end.ifname)) {
+                    return Err(TopologyError::DuplicateEnd(format!("{} {}", end.pod, end.ifname)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAIR: &str = r#"{"links": [{"name": "l1", "mtu": 9000,
+        "a": {"pod": "default/alpha", "ifname": "in1", "ips": ["10.9.0.1/24", "fd00:9::1/64"]},
+        "b": {"pod": "default/beta", "ifname": "in2", "ips": ["10.9.0.2/24"], "mac": "02:00:00:00:00:02"}}]}"#;
+
+    #[test]
+    fn parses_a_pair() {
+        let topology = Topology::from_json(PAIR).unwrap();
+        let link = &topology.links[0];
+        assert_eq!(link.id(), "l1");
+        assert_eq!(link.mtu(), 9000);
+        assert_eq!(link.b.mac.unwrap().to_string(), "02:00:00:00:00:02");
+        let alpha = PodRef::new("default", "alpha").unwrap();
+        assert_eq!(link.sides_of(&alpha).collect::<Vec<_>>(), vec![Side::A]);
+    }
+
+    #[test]
+    fn derives_an_id_without_slashes() {
+        let mut topology = Topology::from_json(PAIR).unwrap();
+        topology.links[0].name = None;
+        assert_eq!(topology.links[0].id(), "default:alpha:in1=default:beta:in2");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let topology = Topology::from_json(PAIR).unwrap();
+        let again = Topology::from_json(&serde_json::to_string(&topology).unwrap()).unwrap();
+        assert_eq!(topology, again);
+    }
+
+    #[test]
+    fn rejects_bad_parts() {
+        let cases = [
+            (PAIR.replace("default/alpha", "Default/alpha"), "is not namespace/name"),
+            (PAIR.replace("default/alpha", "alpha"), "is not namespace/name"),
+            (PAIR.replace("\"in1\"", "\"a-very-long-ifname\""), "1-15 bytes"),
+            (PAIR.replace("\"in1\"", "\"../x\""), "1-15 bytes"),
+            (PAIR.replace("10.9.0.1/24", "10.9.0.300/24"), "not valid JSON"),
+            (PAIR.replace("10.9.0.1/24", "10.9.0.0/24"), "is a network"),
+            (PAIR.replace("02:00:00:00:00:02", "01:00:00:00:00:02"), "unicast"),
+            (PAIR.replace("9000", "1000"), "outside 1280..=65535"),
+            (PAIR.replace("\"l1\"", "\"l/1\""), "link name"),
+            (PAIR.replace("default/beta", "default/alpha").replace("in2", "in1"), "same pod interface"),
+            (PAIR.replace("\"mtu\"", "\"mtux\""), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let err = Topology::from_json(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_an_end_used_twice() {
+        let mut topology = Topology::from_json(PAIR).unwrap();
+        let mut second = topology.links[0].clone();
+        second.name = Some("l2".into());
+        second.b.pod = PodRef::new("default", "gamma").unwrap();
+        topology.links.push(second);
+        assert!(matches!(topology.validate(), Err(TopologyError::DuplicateEnd(_))));
+    }
+
+    #[test]
+    fn accepts_point_to_point_prefixes() {
+        for ip in ["10.0.0.0/31", "10.0.0.1/32", "fd00::/127"] {
+            assert!(is_host_address(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
