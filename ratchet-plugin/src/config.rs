@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::cni::error::CniError;
+use crate::{cni::error::CniError, topology::Topology};
 
 /// Where the embedded store lives when the config names no `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ratchet";
@@ -41,11 +41,21 @@ pub struct Settings {
     pub node_name: Option<String>,
     #[serde(default)]
     pub attach: AttachMode,
+    /// A topology carried in the config itself (e.g. from a ConfigMap):
+    /// when given, ADD makes it the store's topology before it looks up links.
+    #[serde(default)]
+    pub topology: Option<Topology>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { state_dir: default_state_dir(), pin_root: default_pin_root(), node_name: None, attach: AttachMode::default() }
+        Self {
+            state_dir: default_state_dir(),
+            pin_root: default_pin_root(),
+            node_name: None,
+            attach: AttachMode::default(),
+            topology: None,
+        }
     }
 }
 
@@ -60,10 +70,14 @@ fn default_pin_root() -> PathBuf {
 impl Settings {
     /// Reads ratchet's keys from the raw config, naming the key that is wrong.
     pub fn from_config(raw: &serde_json::Value) -> Result<Self, CniError> {
-        serde_path_to_error::deserialize(raw).map_err(|e| CniError::Config {
+        let settings: Self = serde_path_to_error::deserialize(raw).map_err(|e| CniError::Config {
             key: e.path().to_string(),
             reason: e.inner().to_string(),
-        })
+        })?;
+        if let Some(topology) = &settings.topology {
+            topology.validate().map_err(|e| CniError::Config { key: "topology".into(), reason: e.to_string() })?;
+        }
+        Ok(settings)
     }
 
     /// The node name records carry: the configured one, else the host name.
@@ -100,5 +114,11 @@ mod tests {
         assert!(err.to_string().starts_with("state_dir: invalid type"), "{err}");
         let err = Settings::from_config(&json!({"attach": "bridge"})).unwrap_err();
         assert!(err.to_string().starts_with("attach: unknown variant"), "{err}");
+        let link = json!({"a": {"pod": "default/a", "ifname": "in1", "ips": ["10.0.0.1/24"]}, "b": {"pod": "default/b", "ifname": "in1"}});
+        let err = Settings::from_config(&json!({"topology": {"links": [link, link]}})).unwrap_err();
+        assert!(err.to_string().starts_with("topology: two links have the id"), "{err}");
+        let bad_ip = json!({"topology": {"links": [{"a": {"pod": "default/a", "ifname": "in1", "ips": ["10.0.0.1/40"]}, "b": {"pod": "default/b", "ifname": "in1"}}]}});
+        let err = Settings::from_config(&bad_ip).unwrap_err();
+        assert!(err.to_string().starts_with("topology.links[0].a.ips[0]"), "{err}");
     }
 }

@@ -1,1 +1,294 @@
-//! Helpers for the integration tests.
+//! What every integration test needs: pods as network namespaces, a node
+//! (its own state dir and bpffs pin root, so tests run in parallel), and the
+//! real `ratchet` binary invoked the way a container runtime invokes it.
+//!
+//! Every guard removes what it made when dropped, also when a test fails.
+//! The tests need root and a kernel with bpffs, tc and veth.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+/// The plugin binary: `RATCHET_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn ratchet_bin() -> PathBuf {
+    let path = std::env::var_os("RATCHET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ratchet"));
+    assert!(path.exists(), "{} is missing: run `cargo xtask test` (or `cargo build -p ratchet-plugin`)", path.display());
+    path
+}
+
+/// A name no other test (or concurrent test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pod's network namespace, deleted on drop.
+pub struct Pod {
+    pub netns: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Pod {
+    /// A pod `namespace/name` with a fresh netns.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        let netns = unique("rtt");
+        run("ip", &["netns", "add", &netns]);
+        Self { netns, namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.netns)
+    }
+
+    /// Runs a command inside the pod's netns.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.netns]).args(args).output().expect("ip netns exec")
+    }
+
+    /// True when one ping to `ip` is answered within a second.
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "1", ip]).status.success()
+    }
+
+    /// Pings until answered, for at most `tries` seconds.
+    pub fn ping_eventually(&self, ip: &str, tries: u32) -> bool {
+        (0..tries).any(|_| self.ping(ip))
+    }
+
+    /// Runs `f` on a thread that entered this pod's netns.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let netns = File::open(self.netns_path()).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
+    /// The interfaces inside the pod, as `ip -j link` gives them.
+    pub fn links(&self) -> Vec<Value> {
+        serde_json::from_slice(&self.exec(&["ip", "-j", "link", "show"]).stdout).unwrap_or_default()
+    }
+
+    /// An interface inside the pod, if it exists.
+    pub fn link(&self, ifname: &str) -> Option<Value> {
+        self.links().into_iter().find(|l| l["ifname"] == ifname)
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// Sends `bytes` over TCP from `client` to `server` at `ip`, and returns
+/// what arrived.
+pub fn tcp_transfer(server: &Pod, client: &Pod, ip: &str, bytes: usize) -> Vec<u8> {
+    let addr: SocketAddr = format!("{}:5201", if ip.contains(':') { format!("[{ip}]") } else { ip.into() }).parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = server.within(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).expect("read");
+        got
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    let payload = pattern(bytes);
+    client
+        .within(move || {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            stream.write_all(&payload).expect("write");
+        })
+        .join()
+        .unwrap();
+    receiver.join().unwrap()
+}
+
+/// Bytes that are not all the same, so a corrupted stream shows.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// One node: a state dir and a pin root of its own.
+pub struct Node {
+    pub state_dir: tempfile::TempDir,
+    pub pin_root: PathBuf,
+    pub attach: &'static str,
+}
+
+/// What one plugin call printed and returned.
+pub struct Reply {
+    pub success: bool,
+    pub json: Value,
+    pub stdout: String,
+}
+
+impl Reply {
+    /// The CNI error code, if the call failed with one.
+    pub fn code(&self) -> Option<u64> {
+        self.json["code"].as_u64()
+    }
+}
+
+impl Node {
+    pub fn new() -> Self {
+        Self::with_attach("clsact")
+    }
+
+    pub fn with_attach(attach: &'static str) -> Self {
+        Self { state_dir: tempfile::tempdir().unwrap(), pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtt"))), attach }
+    }
+
+    /// The plugin's config as a runtime hands it over.
+    pub fn config(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "ratchet-test",
+            "type": "ratchet",
+            "state_dir": self.state_dir.path(),
+            "pin_root": self.pin_root,
+            "node_name": "node-1",
+            "attach": self.attach,
+        })
+    }
+
+    /// Runs the CLI against this node; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut full = vec!["--state-dir", self.state_dir.path().to_str().unwrap(), "--pin-root", self.pin_root.to_str().unwrap()];
+        full.extend(args);
+        run(ratchet_bin().to_str().unwrap(), &full)
+    }
+
+    /// Applies a topology given as JSON.
+    pub fn apply(&self, topology: &Value) {
+        let file = self.state_dir.path().join(unique("topology-"));
+        std::fs::write(&file, topology.to_string()).unwrap();
+        self.cli(&["topology", "apply", file.to_str().unwrap()]);
+    }
+
+    /// `ratchet links --json`.
+    pub fn links(&self) -> Vec<Value> {
+        serde_json::from_str(&self.cli(&["links", "--json"])).unwrap()
+    }
+
+    /// The state of one link as the CLI reports it.
+    pub fn link_state(&self, link: &str) -> String {
+        let links = self.links();
+        let found = links.iter().find(|l| l["link"] == link).unwrap_or_else(|| panic!("no link {link} in {links:?}"));
+        found["state"].as_str().unwrap().into()
+    }
+
+    /// The pinned peers map as bpftool (an independent witness) dumps it.
+    pub fn peers(&self) -> Vec<(u64, u64)> {
+        let dump = run("bpftool", &["-j", "map", "dump", "pinned", self.pin_root.join("peers").to_str().unwrap()]);
+        let entries: Vec<Value> = serde_json::from_str(&dump).unwrap();
+        // With BTF, JSON mode puts the decoded entry under "formatted".
+        let decoded = |e: &Value| (e["formatted"]["key"].as_u64().unwrap(), e["formatted"]["value"]["ifindex"].as_u64().unwrap());
+        entries.iter().map(decoded).collect()
+    }
+
+    /// Calls the plugin exactly as a runtime does: the verb and identity in
+    /// `CNI_*`, the config on stdin.
+    pub fn call(&self, command: &str, container_id: &str, netns: &str, pod: (&str, &str), config: &Value) -> Reply {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={container_id}", pod.0, pod.1);
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container_id),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", &args),
+        ];
+        self.call_raw(&env, config.to_string().as_bytes())
+    }
+
+    /// Calls the plugin with exactly this environment and stdin.
+    pub fn call_raw(&self, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
+        let mut child = Command::new(ratchet_bin())
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ratchet");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        Reply { success: out.status.success(), json, stdout }
+    }
+
+    /// ADD for a pod; panics with the plugin's error if it fails.
+    pub fn add(&self, pod: &Pod) -> Value {
+        let reply = self.call("ADD", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
+        assert!(reply.success, "ADD {}/{} failed: {}", pod.namespace, pod.name, reply.stdout);
+        reply.json
+    }
+
+    /// DEL for a pod; panics if it fails.
+    pub fn del(&self, pod: &Pod) {
+        let reply = self.call("DEL", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
+        assert!(reply.success, "DEL {}/{} failed: {}", pod.namespace, pod.name, reply.stdout);
+        assert!(reply.stdout.is_empty(), "DEL prints nothing on success, got {}", reply.stdout);
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// The container id the tests give a pod's sandbox.
+pub fn container_of(pod: &Pod) -> String {
+    format!("c-{}", pod.netns)
+}
+
+/// One link end for a topology.
+pub fn end(pod: &Pod, ifname: &str, ips: &[&str]) -> Value {
+    json!({"pod": format!("{}/{}", pod.namespace, pod.name), "ifname": ifname, "ips": ips})
+}
+
+/// True when the host netns has an interface of this name.
+pub fn host_has_link(name: &str) -> bool {
+    Command::new("ip").args(["link", "show", name]).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap().success()
+}
+
+/// The host veths of a link, from `ratchet links --json`.
+pub fn host_ifnames(node: &Node, link: &str) -> Vec<String> {
+    node.links()
+        .into_iter()
+        .filter(|l| l["link"] == link)
+        .flat_map(|l| l["ends"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["host_ifname"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,1 +1,52 @@
-fn main() {}
+//! ratchet's developer tasks, run as `cargo xtask <task>` (an alias in
+//! .cargo/config.toml). This crate builds with plain rustup stable: it must
+//! work on a fresh machine before `cargo xtask setup` has installed anything.
+
+mod build_ebpf;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ratchet's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (apt packages, bpf-linker, the debian-web
+    /// toolchain, bpffs); skips what is there.
+    Setup,
+    /// Build the eBPF object alone with the debian-web toolchain and print
+    /// its path.
+    BuildEbpf,
+    /// Walk through the plugin's main job on two throwaway pods: ADD, ping,
+    /// TCP, inspect, DEL, unload. Needs root.
+    Demo,
+    /// Set up, build, run clippy and the whole test suite. Arguments are
+    /// passed to `cargo test` as given, `--` included:
+    /// `cargo xtask test -- --list`, `cargo xtask test -p ratchet-tests -- --nocapture`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf::run().map(drop),
+        Task::Demo => demo::run(),
+        // clap drops the first `--`; cargo test needs it to tell its own
+        // arguments from the test binaries', so take them as typed.
+        Task::Test { .. } => test::run(&test::raw_args()),
+    }
+}

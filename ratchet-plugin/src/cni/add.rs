@@ -36,6 +36,9 @@ pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     let in_pod = Netlink::in_netns(&env.netns)?;
 
     let mut tx = store.begin()?;
+    if let Some(topology) = &settings.topology {
+        records::ensure_topology(&mut tx, topology)?;
+    }
     let links = records::links_of_pod(&mut tx, &pod)?;
     if links.is_empty() {
         return Err(CniError::PodNotInTopology { pod: pod.to_string() });

@@ -72,6 +72,17 @@ pub fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<()
     Ok(())
 }
 
+/// Makes `topology` the stored one, unless it already is (links compared
+/// in id order, the order the store keeps them in).
+pub fn ensure_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
+    let mut wanted = topology.links.clone();
+    wanted.sort_by_key(Link::id);
+    if self::topology(tx)?.links != wanted {
+        put_topology(tx, topology)?;
+    }
+    Ok(())
+}
+
 pub fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
     let links = tx.scan(LINKS)?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
     Ok(Topology { links })

@@ -1,0 +1,93 @@
+//! DEL removes everything ADD made, and is safe to repeat.
+
+use ratchet_tests::{Node, Pod, container_of, end, host_has_link, host_ifnames, unique};
+use serde_json::json;
+
+/// Two pods joined by one link, both added; returns them and the link's name.
+fn linked_pair(node: &Node) -> (Pod, Pod, String) {
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&json!({"links": [{"name": l1,
+        "a": end(&alpha, "in1", &["10.79.0.1/24"]), "b": end(&beta, "in2", &["10.79.0.2/24"])}]}));
+    node.add(&alpha);
+    node.add(&beta);
+    (alpha, beta, l1)
+}
+
+#[test]
+fn del_leaves_nothing_and_the_peer_waits() {
+    let node = Node::new();
+    let (alpha, beta, l1) = linked_pair(&node);
+    let hosts = host_ifnames(&node, &l1);
+    node.del(&alpha);
+
+    assert!(!host_has_link(&hosts[0]), "the host veth is gone");
+    assert!(alpha.link("in1").is_none(), "the pod end is gone");
+    assert!(node.peers().is_empty(), "no map entry in either direction");
+    assert_eq!(node.link_state(&l1), "waiting", "the peer waits again");
+    let ends = &node.links()[0]["ends"];
+    assert_eq!(ends.as_array().unwrap().len(), 1, "only the peer's record is left: {ends}");
+    assert!(beta.link("in2").is_some(), "the peer keeps its end");
+
+    node.del(&beta);
+    assert!(!host_has_link(&hosts[1]));
+    assert_eq!(node.link_state(&l1), "down");
+}
+
+#[test]
+fn del_twice_is_fine() {
+    let node = Node::new();
+    let (alpha, _beta, l1) = linked_pair(&node);
+    node.del(&alpha);
+    node.del(&alpha);
+}
+
+#[test]
+fn del_with_an_empty_netns_cleans_up() {
+    let node = Node::new();
+    let (alpha, _beta, l1) = linked_pair(&node);
+    let host = host_ifnames(&node, &l1)[0].clone();
+    let reply = node.call("DEL", &container_of(&alpha), "", ("default", "alpha"), &node.config());
+    assert!(reply.success, "{}", reply.stdout);
+    assert!(!host_has_link(&host));
+    assert!(node.peers().is_empty());
+}
+
+#[test]
+fn del_after_the_netns_is_gone() {
+    let node = Node::new();
+    let (alpha, _beta, l1) = linked_pair(&node);
+    let (path, id) = (alpha.netns_path(), container_of(&alpha));
+    drop(alpha);
+    let reply = node.call("DEL", &id, &path, ("default", "alpha"), &node.config());
+    assert!(reply.success, "{}", reply.stdout);
+    assert!(node.peers().is_empty(), "the peer no longer points at the dead end");
+    assert_eq!(node.link_state(&l1), "waiting");
+}
+
+#[test]
+fn del_of_a_container_never_added() {
+    let node = Node::new();
+    let reply = node.call("DEL", "never-added", "", ("default", "ghost"), &node.config());
+    assert!(reply.success, "{}", reply.stdout);
+    assert!(reply.stdout.is_empty());
+}
+
+#[test]
+fn a_new_sandbox_replaces_a_stale_one() {
+    let node = Node::new();
+    let (alpha, beta, l1) = linked_pair(&node);
+    // The runtime lost alpha's DEL; the pod comes back in a new sandbox.
+    let (old_netns, old_id) = (alpha.netns_path(), container_of(&alpha));
+    drop(alpha);
+    let fresh = Pod::new("default", "alpha");
+    node.add(&fresh);
+    assert!(fresh.ping("10.79.0.2"), "the new sandbox is wired to the peer");
+    assert_eq!(node.peers().len(), 2);
+
+    let late = node.call("DEL", &old_id, &old_netns, ("default", "alpha"), &node.config());
+    assert!(late.success, "{}", late.stdout);
+    assert!(fresh.ping("10.79.0.2"), "the old sandbox's late DEL leaves the new one alone");
+    node.del(&fresh);
+    node.del(&beta);
+}

@@ -1,0 +1,153 @@
+//! A link comes up and carries traffic, moved by our program alone.
+
+use ratchet_tests::{Node, Pod, end, host_ifnames, pattern, run, tcp_transfer, unique};
+use serde_json::json;
+
+/// A one-link topology; link names are unique because host veth names
+/// derive from them and tests share the host netns.
+fn pair_topology(link: &str, alpha: &Pod, beta: &Pod) -> serde_json::Value {
+    json!({"links": [{"name": link,
+        "a": end(alpha, "in1", &["10.77.0.1/24", "fd77::1/64"]),
+        "b": end(beta, "in2", &["10.77.0.2/24", "fd77::2/64"])}]})
+}
+
+fn comes_up_and_carries_traffic(alpha_first: bool) {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&pair_topology(&l1, &alpha, &beta));
+    let (first, second) = if alpha_first { (&alpha, &beta) } else { (&beta, &alpha) };
+
+    let result = node.add(first);
+    assert_eq!(result["cniVersion"], "1.0.0");
+    assert_eq!(node.link_state(&l1), "waiting");
+    assert!(node.peers().is_empty(), "a lone end forwards nowhere");
+    node.add(second);
+    assert_eq!(node.link_state(&l1), "up");
+    assert_eq!(node.peers().len(), 2, "both directions are wired");
+
+    assert!(alpha.ping("10.77.0.2"), "IPv4 across the link");
+    assert!(beta.ping("fd77::1"), "IPv6 across the link");
+    let sent = 4 << 20;
+    assert_eq!(tcp_transfer(&beta, &alpha, "10.77.0.2", sent), pattern(sent), "a TCP stream arrives intact");
+    assert_eq!(tcp_transfer(&alpha, &beta, "fd77::1", sent), pattern(sent), "and over IPv6");
+
+    let links = node.links();
+    let ends = links[0]["ends"].as_array().unwrap();
+    // Each end sent one stream's payload (in GSO super-frames, so few packets).
+    let sent_by = |e: &serde_json::Value| e["bytes"].as_u64().unwrap();
+    assert!(ends.iter().all(|e| sent_by(e) > sent as u64 && e["drops"] == 0), "counters move both ways: {ends:?}");
+}
+
+#[test]
+fn comes_up_when_the_first_end_is_added_first() {
+    comes_up_and_carries_traffic(true);
+}
+
+#[test]
+fn comes_up_when_the_second_end_is_added_first() {
+    comes_up_and_carries_traffic(false);
+}
+
+#[test]
+fn the_add_result_has_the_spec_shape() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&pair_topology(&l1, &alpha, &beta));
+    let result = node.add(&alpha);
+    let interfaces = result["interfaces"].as_array().unwrap();
+    assert_eq!(interfaces.len(), 2, "{result}");
+    assert!(interfaces[0]["name"].as_str().unwrap().starts_with("rt"));
+    assert!(interfaces[0].get("sandbox").is_none(), "the host end is on the host");
+    assert_eq!(interfaces[1]["name"], "in1");
+    assert_eq!(interfaces[1]["sandbox"], alpha.netns_path());
+    let mac = alpha.link("in1").unwrap()["address"].clone();
+    assert_eq!(interfaces[1]["mac"], mac);
+    assert_eq!(result["ips"], json!([{"address": "10.77.0.1/24", "interface": 1}, {"address": "fd77::1/64", "interface": 1}]));
+}
+
+#[test]
+fn only_the_program_forwards() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&pair_topology(&l1, &alpha, &beta));
+    node.add(&alpha);
+    node.add(&beta);
+    assert!(alpha.ping("10.77.0.2"));
+
+    let host_end = &host_ifnames(&node, &l1)[0];
+    run("tc", &["filter", "del", "dev", host_end, "ingress"]);
+    assert!(!alpha.ping("10.77.0.2"), "with the program detached nothing crosses");
+    assert!(!alpha.ping("fd77::2"));
+
+    let prog = node.pin_root.join("ratchet_to_peer");
+    run("tc", &["filter", "add", "dev", host_end, "ingress", "bpf", "direct-action", "pinned", prog.to_str().unwrap()]);
+    assert!(alpha.ping_eventually("10.77.0.2", 3), "re-attached, traffic flows again");
+}
+
+#[test]
+fn one_pod_holds_three_links() {
+    let node = Node::new();
+    let hub = Pod::new("default", "hub");
+    let spokes: Vec<Pod> = (1..=3).map(|i| Pod::new("default", &format!("spoke{i}"))).collect();
+    let prefix = unique("lk");
+    let links: Vec<_> = spokes
+        .iter()
+        .enumerate()
+        .map(|(i, spoke)| {
+            json!({"name": format!("{prefix}-{i}"),
+                "a": end(&hub, &format!("in{i}"), &[&format!("10.78.{i}.1/24")]),
+                "b": end(spoke, "up0", &[&format!("10.78.{i}.2/24")])})
+        })
+        .collect();
+    node.apply(&json!({ "links": links }));
+    node.add(&hub);
+    for spoke in &spokes {
+        node.add(spoke);
+    }
+    let result_links = node.links();
+    assert!(result_links.iter().all(|l| l["state"] == "up"), "{result_links:?}");
+    for (i, spoke) in spokes.iter().enumerate() {
+        assert!(hub.ping(&format!("10.78.{i}.2")), "hub reaches spoke {i}");
+        assert!(spoke.ping(&format!("10.78.{i}.1")), "spoke {i} reaches hub");
+    }
+}
+
+#[test]
+fn a_custom_mtu_holds_end_to_end() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    let mut topology = pair_topology(&l1, &alpha, &beta);
+    topology["links"][0]["mtu"] = json!(9000);
+    topology["links"][0]["b"]["mac"] = json!("02:00:00:00:be:7a");
+    node.apply(&topology);
+    node.add(&alpha);
+    node.add(&beta);
+    assert_eq!(alpha.link("in1").unwrap()["mtu"], 9000);
+    assert_eq!(beta.link("in2").unwrap()["mtu"], 9000);
+    assert_eq!(beta.link("in2").unwrap()["address"], "02:00:00:00:be:7a");
+    let full = alpha.exec(&["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "8972", "10.77.0.2"]);
+    assert!(full.status.success(), "a 9000-byte frame crosses unfragmented");
+    let too_big = alpha.exec(&["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "8973", "10.77.0.2"]);
+    assert!(!too_big.status.success(), "one byte more does not fit");
+}
+
+#[test]
+fn tcx_attachment_works_too() {
+    let node = Node::with_attach("tcx");
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&pair_topology(&l1, &alpha, &beta));
+    node.add(&alpha);
+    node.add(&beta);
+    assert!(alpha.ping("10.77.0.2"));
+    let pins = std::fs::read_dir(node.pin_root.join("links")).unwrap().count();
+    assert_eq!(pins, 2, "one pinned tcx link per host end");
+    node.del(&alpha);
+    let pins = std::fs::read_dir(node.pin_root.join("links")).unwrap().count();
+    assert_eq!(pins, 1, "DEL unpins its link");
+    node.del(&beta);
+}
