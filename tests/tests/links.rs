@@ -36,7 +36,7 @@ fn comes_up_and_carries_traffic(alpha_first: bool) {
     let ends = links[0]["ends"].as_array().unwrap();
     // Each end sent one stream's payload (in GSO super-frames, so few packets).
     let sent_by = |e: &serde_json::Value| e["bytes"].as_u64().unwrap();
-    assert!(ends.iter().all(|e| sent_by(e) > sent as u64 && e["drops"] == 0), "counters move both ways: {ends:?}");
+    assert!(ends.iter().all(|e| sent_by(e) > sent as u64), "counters move both ways: {ends:?}");
 }
 
 #[test]
