@@ -41,7 +41,7 @@ fn del_leaves_nothing_and_the_peer_waits() {
 #[test]
 fn del_twice_is_fine() {
     let node = Node::new();
-    let (alpha, _beta, l1) = linked_pair(&node);
+    let (alpha, _beta, _) = linked_pair(&node);
     node.del(&alpha);
     node.del(&alpha);
 }
@@ -80,7 +80,7 @@ fn del_of_a_container_never_added() {
 #[test]
 fn a_new_sandbox_replaces_a_stale_one() {
     let node = Node::new();
-    let (alpha, beta, l1) = linked_pair(&node);
+    let (alpha, beta, _) = linked_pair(&node);
     // The runtime lost alpha's DEL; the pod comes back in a new sandbox.
     let (old_netns, old_id) = (alpha.netns_path(), container_of(&alpha));
     drop(alpha);
