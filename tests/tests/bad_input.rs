@@ -129,3 +129,21 @@ fn an_unsupported_version_is_refused() {
     assert_eq!(reply.code(), Some(1), "{}", reply.stdout);
     nothing_left(&node, &alpha, &l1);
 }
+
+#[test]
+fn a_failure_after_the_veth_exists_rolls_it_back() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&json!({"links": [{"name": l1,
+        "a": end(&alpha, "in1", &["10.81.0.1/24", "fd81::1/64"]), "b": end(&beta, "in2", &["10.81.0.2/24"])}]}));
+    // With IPv6 off in the pod, the veth is made but its IPv6 address is refused.
+    assert!(alpha.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).status.success());
+    assert!(alpha.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]).status.success());
+    let reply = node.call("ADD", &container_of(&alpha), &alpha.netns_path(), ("default", "alpha"), &node.config());
+    assert_error(&reply, 100, "fd81::1/64");
+    nothing_left(&node, &alpha, &l1);
+
+    node.add(&beta);
+    assert!(node.peers().is_empty(), "the peer waits: the failed end never counted");
+}

@@ -151,3 +151,19 @@ fn tcx_attachment_works_too() {
     assert_eq!(pins, 1, "DEL unpins its link");
     node.del(&beta);
 }
+
+#[test]
+fn the_topology_can_be_shown_and_deleted() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    let topology = pair_topology(&l1, &alpha, &beta);
+    node.apply(&topology);
+    let shown: serde_json::Value = serde_json::from_str(&node.cli(&["topology", "show"])).unwrap();
+    assert_eq!(shown, topology);
+    node.cli(&["topology", "delete"]);
+    let shown: serde_json::Value = serde_json::from_str(&node.cli(&["topology", "show"])).unwrap();
+    assert_eq!(shown, json!({"links": []}));
+    let reply = node.call("ADD", &ratchet_tests::container_of(&alpha), &alpha.netns_path(), ("default", "alpha"), &node.config());
+    assert_eq!(reply.code(), Some(101), "no topology, no links: {}", reply.stdout);
+}
