@@ -162,15 +162,6 @@ impl Dataplane {
         })
     }
 
-    /// Where frames entering `from` go now, if anywhere.
-    pub fn peer_of(&self, from: u32) -> Result<Option<u32>, DataplaneError> {
-        match self.peers.get(&from, 0) {
-            Ok(peer) => Ok(Some(peer.ifindex)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_PEERS}[{from}]"), source }),
-        }
-    }
-
     /// Starts counting for a host veth, from zero.
     pub fn track(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let map_error = |source| DataplaneError::Map { what: format!("{MAP_STATS}[{ifindex}] = 0"), source };

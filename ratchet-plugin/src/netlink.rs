@@ -18,7 +18,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
-        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage},
     },
 };
 
@@ -42,10 +42,7 @@ pub struct Netlink {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
     pub index: u32,
-    pub name: String,
     pub mac: Option<MacAddr>,
-    pub mtu: u32,
-    pub up: bool,
 }
 
 /// One end of a veth pair to create: the host end stays in the caller's
@@ -121,7 +118,7 @@ impl Netlink {
         let change = LinkUnspec::new_with_index(host.index).append_extra_attribute(no_link_local).build();
         self.change(change, || format!("set addrgenmode none on {}", spec.host_ifname)).await?;
         self.set_up(host.index, spec.host_ifname).await?;
-        Ok(LinkInfo { up: true, ..host })
+        Ok(host)
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
@@ -148,22 +145,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// The addresses on an interface, with their prefix lengths.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
-        let request = self.handle.address().get().set_link_index_filter(index).execute();
-        let messages: Vec<_> = request
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::Request { what: format!("list addresses of ifindex {index}"), source })?;
-        let address = |msg: &rtnetlink::packet_route::address::AddressMessage| {
-            msg.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(ip) => IpNet::new(*ip, msg.header.prefix_len).ok(),
-                _ => None,
-            })
-        };
-        Ok(messages.iter().filter_map(address).collect())
-    }
-
     /// Deletes an interface by index; one already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
@@ -174,22 +155,11 @@ impl Netlink {
 }
 
 fn link_info(msg: LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo {
-        index: msg.header.index,
-        name: String::new(),
-        mac: None,
-        mtu: 0,
-        up: msg.header.flags.contains(LinkFlags::Up),
-    };
-    for attr in msg.attributes {
-        match attr {
-            LinkAttribute::IfName(name) => info.name = name,
-            LinkAttribute::Mtu(mtu) => info.mtu = mtu,
-            LinkAttribute::Address(bytes) => info.mac = bytes.try_into().ok().map(MacAddr),
-            _ => {}
-        }
-    }
-    info
+    let mac = msg.attributes.into_iter().find_map(|attr| match attr {
+        LinkAttribute::Address(bytes) => bytes.try_into().ok().map(MacAddr),
+        _ => None,
+    });
+    LinkInfo { index: msg.header.index, mac }
 }
 
 /// The positive errno of a kernel NACK.

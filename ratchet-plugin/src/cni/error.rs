@@ -18,8 +18,6 @@ pub mod codes {
     pub const IFNAME_TAKEN: u32 = 102;
     /// Loading, pinning or attaching the eBPF programs, or a map update, failed.
     pub const DATAPLANE: u32 = 103;
-    /// The host interface name of a link end is held by something that is not that end.
-    pub const HOST_IFNAME_CONFLICT: u32 = 104;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +44,6 @@ pub enum CniError {
     PodNotInTopology { pod: String },
     #[error("interface {ifname} already exists in netns {netns}")]
     IfNameTaken { ifname: String, netns: String },
-    #[error("host interface {ifname} exists but is not link {link}'s end; remove it or rename the link")]
-    HostIfNameConflict { ifname: String, link: String },
 }
 
 impl CniError {
@@ -67,7 +63,6 @@ impl CniError {
             CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
             CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
             CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),
-            CniError::HostIfNameConflict { .. } => custom(codes::HOST_IFNAME_CONFLICT, "host interface name conflict"),
         }
     }
 }
