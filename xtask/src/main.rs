@@ -8,12 +8,12 @@ mod setup;
 mod test;
 mod util;
 
-use std::ffi::OsString;
+use std::{ffi::OsString, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "ratchet's developer tasks")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "ratchet's developer tasks")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -30,23 +30,30 @@ enum Task {
     /// Walk through the plugin's main job on two throwaway pods: ADD, ping,
     /// TCP, inspect, DEL, unload. Needs root.
     Demo,
-    /// Set up, build, run clippy and the whole test suite. Arguments are
-    /// passed to `cargo test` as given, `--` included:
-    /// `cargo xtask test -- --list`, `cargo xtask test -p ratchet-tests -- --nocapture`.
+    /// Set up, build, run clippy and the whole test suite (as root).
     Test {
+        /// Passed to `cargo test` as given, `--` included, e.g.
+        /// `cargo xtask test -- --list` or `cargo xtask test -p ratchet-tests -- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.task {
+    let result = match cli.task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf::run().map(drop),
         Task::Demo => demo::run(),
         // clap drops the first `--`; cargo test needs it to tell its own
         // arguments from the test binaries', so take them as typed.
         Task::Test { .. } => test::run(&test::raw_args()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

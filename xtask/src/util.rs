@@ -57,29 +57,48 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
 
 /// A command line as a shell would take it, with the variables we set.
 pub fn show(cmd: &Command) -> String {
-    let mut words = Vec::new();
+    let (mut unset, mut set) = (Vec::new(), Vec::new());
     for (key, value) in cmd.get_envs() {
-        if key == "PATH" {
-            continue;
-        }
+        let key = key.to_string_lossy();
         match value {
-            Some(value) => words.push(format!("{}={}", key.to_string_lossy(), quote(value))),
-            None => words.push(format!("-u {}", key.to_string_lossy())),
+            _ if key == "PATH" => {}
+            Some(value) => set.push(format!("{key}={}", quote(value))),
+            None => unset.push(format!("-u {key}")),
         }
     }
-    if words.iter().any(|w| w.starts_with("-u ")) {
-        words.insert(0, "env".into());
+    // `env` takes its options before the assignments.
+    let mut words = if unset.is_empty() { Vec::new() } else { [vec!["env".to_owned()], unset].concat() };
+    words.extend(set);
+    // The cargo `cargo run` hands us is a long toolchain path: say `cargo`.
+    let program = cmd.get_program();
+    if Path::new(program).file_name() == Some(OsStr::new("cargo")) && env::var_os("CARGO").as_deref() == Some(program) {
+        words.push("cargo".into());
+    } else {
+        words.push(quote(program));
     }
-    words.push(quote(cmd.get_program()));
     words.extend(cmd.get_args().map(quote));
     words.join(" ")
 }
 
-fn quote(word: &OsStr) -> String {
+/// One word, quoted for a shell when it needs it.
+pub fn quote(word: &OsStr) -> String {
     let word = word.to_string_lossy();
-    let plain = !word.is_empty()
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if plain { word.into_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        word.into_owned()
+    } else if word.chars().any(char::is_control) {
+        // bash's $'...', which spells control characters out.
+        let escaped: String = word
+            .chars()
+            .map(|c| match c {
+                '\\' | '\'' => format!("\\{c}"),
+                c if c.is_control() => format!("\\x{:02x}", u32::from(c)),
+                c => c.to_string(),
+            })
+            .collect();
+        format!("$'{escaped}'")
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Prints the command, runs it with our stdout and stderr, fails on non-zero.
