@@ -2,9 +2,14 @@
 //! is in: setup, build, clippy, then `cargo test` on the default members
 //! (never `--workspace`: the eBPF crate does not build for the host).
 
-use std::{ffi::OsString, time::Instant};
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::{build_ebpf, setup, util};
 
@@ -31,7 +36,57 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
 
     println!("==> tests (RATCHET_BIN={})", bin.display());
-    util::run(util::cargo().arg("test").args(args).env("RATCHET_BIN", &bin))?;
+    let tally = run_tests(util::cargo().arg("test").args(args).env("RATCHET_BIN", &bin))?;
     println!("all done in {:.1} s", started.elapsed().as_secs_f64());
+    // cargo's own last line is a doctest run that usually has no tests; this
+    // one line totals every binary's results.
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    if !tally.success || tally.failed > 0 {
+        bail!("cargo test failed");
+    }
     Ok(())
+}
+
+/// What every `test result:` line of one `cargo test` run adds up to.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    success: bool,
+}
+
+/// Runs `cargo test`, echoing its output while adding up its results.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<Tally> {
+    println!("+ {}", util::show(cmd));
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            tally.passed += count_before(rest, " passed");
+            tally.failed += count_before(rest, " failed");
+        }
+    }
+    tally.success = child.wait()?.success();
+    Ok(tally)
+}
+
+/// The number just before `label` in e.g. `ok. 9 passed; 0 failed; ...`.
+fn count_before(text: &str, label: &str) -> u64 {
+    let Some(end) = text.find(label) else { return 0 };
+    let start = text[..end].rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
+    text[start..end].parse().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let line = "ok. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.29s";
+        assert_eq!(count_before(line, " passed"), 9);
+        assert_eq!(count_before(line, " failed"), 1);
+    }
 }
