@@ -45,17 +45,58 @@ pub struct Settings {
     /// when given, ADD makes it the store's topology before it looks up links.
     #[serde(default)]
     pub topology: Option<Topology>,
+    /// Where the one-line-per-verb log goes (appended); stderr when unset.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_level: Option<LogLevel>,
+    /// The seed's standalone mode: the full CNI config that pods without
+    /// links are passed straight to.
+    #[serde(default)]
+    pub delegate: Option<serde_json::Value>,
+    /// The seed's standalone mode: the primary network of pods that have
+    /// links, run before ratchet adds them.
+    #[serde(default)]
+    pub boot_network: Option<serde_json::Value>,
+    /// Seed keys accepted as written; the etcd store is not built yet, and
+    /// labels and the child helper have no counterpart (see `unused_seed_keys`).
+    #[serde(default)]
+    pub etcd_host: Option<String>,
+    #[serde(default)]
+    pub etcd_port: Option<u16>,
+    #[serde(default)]
+    pub use_labels: Option<bool>,
+    #[serde(default)]
+    pub child_path: Option<String>,
+}
+
+/// How much a verb logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
 }
 
 impl Default for Settings {
+    /// What a config without any of ratchet's keys gets.
     fn default() -> Self {
-        Self {
-            state_dir: default_state_dir(),
-            pin_root: default_pin_root(),
-            node_name: None,
-            attach: AttachMode::default(),
-            topology: None,
-        }
+        serde_json::from_value(serde_json::json!({})).expect("every key has a default")
     }
 }
 
@@ -78,6 +119,22 @@ impl Settings {
             topology.validate().map_err(|e| CniError::Config { key: "topology".into(), reason: e.to_string() })?;
         }
         Ok(settings)
+    }
+
+    /// The seed's keys this version accepts but does not act on, with why,
+    /// so a verb can log them instead of failing a config that worked before.
+    pub fn unused_seed_keys(&self) -> Vec<&'static str> {
+        let mut unused = Vec::new();
+        if self.etcd_host.is_some() || self.etcd_port.is_some() {
+            unused.push("etcd_host/etcd_port: the etcd store is not built yet; using the embedded store");
+        }
+        if self.use_labels.is_some() {
+            unused.push("use_labels: links come from the topology, not pod labels");
+        }
+        if self.child_path.is_some() {
+            unused.push("child_path: ratchet forks no helper binary");
+        }
+        unused
     }
 
     /// The node name records carry: the configured one, else the host name.

@@ -162,6 +162,34 @@ impl Dataplane {
         })
     }
 
+    /// Where frames entering `from` go now, if anywhere.
+    pub fn peer_of(&self, from: u32) -> Result<Option<u32>, DataplaneError> {
+        match self.peers.get(&from, 0) {
+            Ok(peer) => Ok(Some(peer.ifindex)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_PEERS}[{from}]"), source }),
+        }
+    }
+
+    /// True when the program is attached to this host veth through a pinned tcx link.
+    pub fn tcx_attached(&self, ifname: &str) -> Result<bool, DataplaneError> {
+        if !self.root.join(PIN_LINKS).join(ifname).exists() {
+            return Ok(false);
+        }
+        let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Program { what: format!("query tcx on {ifname}"), source })?;
+        let ours = self.program_id()?;
+        Ok(programs.iter().any(|program| program.id() == ours))
+    }
+
+    /// Every host ifindex with a forwarding entry, and every counted one.
+    pub fn keys(&self) -> Result<(Vec<u32>, Vec<u32>), DataplaneError> {
+        let read_error = |map: &str, source| DataplaneError::Map { what: format!("list {map}"), source };
+        let peers = self.peers.keys().collect::<Result<_, _>>().map_err(|e| read_error(MAP_PEERS, e))?;
+        let stats = self.stats.keys().collect::<Result<_, _>>().map_err(|e| read_error(MAP_STATS, e))?;
+        Ok((peers, stats))
+    }
+
     /// Starts counting for a host veth, from zero.
     pub fn track(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let map_error = |source| DataplaneError::Map { what: format!("{MAP_STATS}[{ifindex}] = 0"), source };

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod delegate;
 pub mod naming;
 pub mod netlink;
 pub mod pairing;

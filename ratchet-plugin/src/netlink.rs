@@ -18,7 +18,8 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
-        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+        tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
 };
 
@@ -43,6 +44,9 @@ pub struct Netlink {
 pub struct LinkInfo {
     pub index: u32,
     pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
 }
 
 /// One end of a veth pair to create: the host end stays in the caller's
@@ -145,6 +149,41 @@ impl Netlink {
         Ok(())
     }
 
+    /// The addresses on an interface, with their prefix lengths.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let request = self.handle.address().get().set_link_index_filter(index).execute();
+        let messages: Vec<_> = request
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("list addresses of ifindex {index}"), source })?;
+        let address = |msg: &rtnetlink::packet_route::address::AddressMessage| {
+            msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(ip) => IpNet::new(*ip, msg.header.prefix_len).ok(),
+                _ => None,
+            })
+        };
+        Ok(messages.iter().filter_map(address).collect())
+    }
+
+    /// The ids of the BPF programs in the clsact ingress filters of an interface.
+    pub async fn ingress_bpf_programs(&self, index: u32) -> Result<Vec<u32>, NetlinkError> {
+        let ifindex = i32::try_from(index).expect("kernel ifindexes fit i32");
+        let request = self.handle.traffic_filter(ifindex).get().ingress().execute();
+        let filters: Vec<_> = request
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("list ingress filters of ifindex {index}"), source })?;
+        let options = filters.into_iter().flat_map(|filter| filter.attributes).filter_map(|attr| match attr {
+            TcAttribute::Options(options) => Some(options),
+            _ => None,
+        });
+        let ids = options.flatten().filter_map(|option| match option {
+            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(id),
+            _ => None,
+        });
+        Ok(ids.collect())
+    }
+
     /// Deletes an interface by index; one already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
@@ -155,11 +194,15 @@ impl Netlink {
 }
 
 fn link_info(msg: LinkMessage) -> LinkInfo {
-    let mac = msg.attributes.into_iter().find_map(|attr| match attr {
-        LinkAttribute::Address(bytes) => bytes.try_into().ok().map(MacAddr),
-        _ => None,
-    });
-    LinkInfo { index: msg.header.index, mac }
+    let mut info = LinkInfo { index: msg.header.index, mac: None, mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::Address(bytes) => info.mac = bytes.try_into().ok().map(MacAddr),
+            LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+            _ => {}
+        }
+    }
+    info
 }
 
 /// The positive errno of a kernel NACK.

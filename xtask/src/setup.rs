@@ -20,7 +20,8 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 7] = ["rustc-web", "cargo-web", "rust-web-src", "bpftool", "iproute2", "iputils-ping", "iperf3"];
+const APT_PACKAGES: [&str; 8] =
+    ["rustc-web", "cargo-web", "rust-web-src", "bpftool", "iproute2", "iputils-ping", "iperf3", "containernetworking-plugins"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The library Debian's rustc-web links to; bpf-linker must use the same one.

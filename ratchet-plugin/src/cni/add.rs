@@ -22,10 +22,24 @@ use crate::{
         EmbeddedStore, Store, Transaction,
         records::{self, EndRecord, EndRef},
     },
-    topology::{Link, Side},
+    topology::{Link, PodRef, Side},
 };
 
-pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
+/// True when the topology gives `pod` at least one link.
+pub fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniError> {
+    let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
+    let mut tx = store.begin()?;
+    if let Some(topology) = &config.settings.topology {
+        records::ensure_topology(&mut tx, topology)?;
+    }
+    let linked = !records::links_of_pod(&mut tx, pod)?.is_empty();
+    tx.commit()?;
+    Ok(linked)
+}
+
+/// Attaches every link end of the pod. `owns_cni_ifname`: ratchet is the
+/// pod's only plugin for this attachment, so `CNI_IFNAME` must be free too.
+pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result<CNIResult, CniError> {
     let settings = &config.settings;
     let pod = env.pod()?;
     let netns_error = |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
@@ -34,11 +48,11 @@ pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
     let host = Netlink::host()?;
     let in_pod = Netlink::in_netns(&env.netns)?;
+    if owns_cni_ifname && in_pod.link_by_name(&env.ifname).await?.is_some() {
+        return Err(CniError::IfNameTaken { ifname: env.ifname.clone(), netns: env.netns.clone() });
+    }
 
     let mut tx = store.begin()?;
-    if let Some(topology) = &settings.topology {
-        records::ensure_topology(&mut tx, topology)?;
-    }
     let links = records::links_of_pod(&mut tx, &pod)?;
     if links.is_empty() {
         return Err(CniError::PodNotInTopology { pod: pod.to_string() });
@@ -83,7 +97,7 @@ fn release_held_ends(
     tx: &mut impl Transaction,
     dataplane: &mut Dataplane,
     links: &[Link],
-    pod: &crate::topology::PodRef,
+    pod: &PodRef,
 ) -> Result<Vec<EndRecord>, CniError> {
     let mut released = Vec::new();
     for link in links {
@@ -108,7 +122,7 @@ struct Attach<'a> {
 }
 
 impl Attach<'_> {
-    async fn all(&mut self, tx: &mut impl Transaction, links: &[Link], pod: &crate::topology::PodRef) -> Result<(), CniError> {
+    async fn all(&mut self, tx: &mut impl Transaction, links: &[Link], pod: &PodRef) -> Result<(), CniError> {
         let mut held = records::container_ends(tx, &self.env.container_id)?;
         for link in links {
             for side in link.sides_of(pod) {

@@ -17,13 +17,14 @@ use crate::{
     topology::Side,
 };
 
-pub async fn del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
+/// Returns the ends it released (none for a container ratchet never served).
+pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
     let mut store = EmbeddedStore::open(&settings.state_dir)?;
     let mut tx = store.begin()?;
     let refs = records::container_ends(&mut tx, &env.container_id)?;
     if refs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // After a reboot the pins are gone and there is nothing to unwire.
     let mut dataplane = Dataplane::open(&settings.pin_root)?;
@@ -38,7 +39,7 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     for record in &released {
         teardown(&host, dataplane.as_ref(), record).await?;
     }
-    Ok(())
+    Ok(released)
 }
 
 /// Unwires one attached end and forgets it: both directions stop forwarding,

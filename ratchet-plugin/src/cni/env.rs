@@ -1,6 +1,6 @@
 //! The `CNI_*` environment a runtime passes, parsed and checked once.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use super::error::CniError;
 use crate::topology::PodRef;
@@ -13,6 +13,13 @@ pub struct CniEnv {
     pub netns: String,
     pub ifname: String,
     pub args: HashMap<String, String>,
+    /// Where delegate plugins are looked up (`CNI_PATH`).
+    pub path: Vec<PathBuf>,
+}
+
+/// The directories of `CNI_PATH`, the only variable STATUS and GC get.
+pub fn cni_path(get: impl Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    get("CNI_PATH").unwrap_or_default().split(':').filter(|dir| !dir.is_empty()).map(PathBuf::from).collect()
 }
 
 impl CniEnv {
@@ -49,6 +56,7 @@ impl CniEnv {
             netns: get("CNI_NETNS").unwrap_or_default(),
             ifname,
             args: parse_args(&get("CNI_ARGS").unwrap_or_default())?,
+            path: cni_path(get),
         })
     }
 

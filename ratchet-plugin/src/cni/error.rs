@@ -18,6 +18,12 @@ pub mod codes {
     pub const IFNAME_TAKEN: u32 = 102;
     /// Loading, pinning or attaching the eBPF programs, or a map update, failed.
     pub const DATAPLANE: u32 = 103;
+    /// A delegated plugin could not be run, or failed without a CNI error of its own.
+    pub const DELEGATE: u32 = 104;
+    /// CHECK found a link end that is not as ADD left it.
+    pub const CHECK_DRIFT: u32 = 105;
+    /// GC could not remove everything it should have; `details` lists each failure.
+    pub const GC_INCOMPLETE: u32 = 106;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,16 @@ pub enum CniError {
     PodNotInTopology { pod: String },
     #[error("interface {ifname} already exists in netns {netns}")]
     IfNameTaken { ifname: String, netns: String },
+    #[error("{role} plugin {plugin}: {}", .error.details())]
+    Delegate { role: &'static str, plugin: String, error: WireError },
+    #[error("{role} plugin {plugin}: {reason}")]
+    DelegateFailed { role: &'static str, plugin: String, reason: String },
+    #[error("{0}")]
+    CheckDrift(String),
+    #[error("{0}")]
+    Gc(String),
+    #[error("{reason}")]
+    NotAvailable { limited: bool, reason: String },
 }
 
 impl CniError {
@@ -63,6 +79,13 @@ impl CniError {
             CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
             CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
             CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),
+            // The delegate's own code and message, with who said it in the details.
+            CniError::Delegate { error, .. } => WireError::Custom(u32::from(error), error.msg().into(), details),
+            CniError::DelegateFailed { .. } => custom(codes::DELEGATE, "delegated plugin failed"),
+            CniError::CheckDrift(_) => custom(codes::CHECK_DRIFT, "link end differs from what ADD made"),
+            CniError::Gc(_) => custom(codes::GC_INCOMPLETE, "garbage collection incomplete"),
+            CniError::NotAvailable { limited: false, .. } => WireError::PluginNotAvailable(details),
+            CniError::NotAvailable { limited: true, .. } => WireError::PluginNotAvailableLimitedConnectivity(details),
         }
     }
 }

@@ -2,20 +2,30 @@
 //! stdin, run one verb, print its result or an error, and exit.
 //!
 //! Nothing but the result (or the error) ever reaches stdout: a runtime
-//! parses it, and any other byte there fails the pod.
+//! parses it, and any other byte there fails the pod. Each verb lives in its
+//! own module; this one decodes the input, picks the mode (ratchet alone,
+//! chained after other plugins, or the seed's `delegate`/`boot_network`
+//! standalone mode) and encodes the output for the config's `cniVersion`.
 
 mod add;
+mod check;
 mod del;
 pub mod env;
 pub mod error;
+mod gc;
+mod log;
+mod modes;
+mod status;
 
 use std::{
     io::{self, Read, Write},
     process::ExitCode,
+    time::Instant,
 };
 
 use rscni_types::{
-    types::{CNIResultWithVersion, ErrorResult, NetConf},
+    legacy,
+    types::{CNIResult, CNIResultWithVersion, Cmd, ErrorResult, NetConf},
     version::{PluginInfo, SpecVersion},
 };
 use serde::Serialize;
@@ -23,28 +33,43 @@ use serde::Serialize;
 use self::{env::CniEnv, error::CniError};
 use crate::config::Settings;
 
-/// The versions whose ADD result, DEL and VERSION are implemented and tested.
-pub const SUPPORTED_VERSIONS: [SpecVersion; 1] = [SpecVersion::new(1, 0, 0)];
+/// Every version whose verbs and result shapes are implemented and tested.
+pub const SUPPORTED_VERSIONS: [SpecVersion; 5] = [
+    SpecVersion::new(0, 3, 0),
+    SpecVersion::new(0, 3, 1),
+    SpecVersion::new(0, 4, 0),
+    SpecVersion::new(1, 0, 0),
+    SpecVersion::new(1, 1, 0),
+];
+
+/// What errors are reported under when the config could not say.
+const FALLBACK_VERSION: SpecVersion = SpecVersion::new(1, 0, 0);
 
 /// A runtime's config is a few KiB; anything this large is not one.
 const MAX_STDIN: u64 = 1 << 20;
 
-/// The network config as the runtime sent it: the spec's view and ours.
+/// The network config as the runtime sent it: the spec's view, the raw
+/// JSON (delegates get parts of it verbatim) and ratchet's own keys.
 pub struct Config {
     pub netconf: NetConf,
+    pub raw: serde_json::Value,
     pub version: SpecVersion,
     pub settings: Settings,
 }
 
 /// Runs the verb named by `CNI_COMMAND` and returns the process's exit status.
 pub fn run(command: &str) -> ExitCode {
+    let started = Instant::now();
     let stdin = read_stdin();
-    let (version, outcome) = match command {
-        "VERSION" => (declared_version(stdin.as_deref().unwrap_or_default()), version().map(Some)),
-        _ => match stdin.and_then(|text| parse_config(&text)) {
-            Ok(config) => (config.version, dispatch(command, &config)),
-            Err(e) => (SpecVersion::new(1, 0, 0), Err(e)),
-        },
+    let declared = stdin.as_deref().map_or(FALLBACK_VERSION, declared_version);
+    let outcome = match command {
+        "VERSION" => Ok(Some(to_json(&PluginInfo::new(declared, SUPPORTED_VERSIONS.to_vec())))),
+        _ => stdin.and_then(|text| parse_config(&text)).and_then(|config| {
+            let logged = log::Verb::start(&config.settings, command);
+            let outcome = dispatch(command, &config);
+            logged.finish(started, &outcome);
+            outcome
+        }),
     };
     match outcome {
         Ok(output) => {
@@ -54,33 +79,47 @@ pub fn run(command: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            print_json(&ErrorResult::new(version, &error.to_wire()));
+            print_json(&ErrorResult::new(declared, &error.to_wire()));
             ExitCode::FAILURE
         }
     }
 }
 
 fn dispatch(command: &str, config: &Config) -> Result<Option<serde_json::Value>, CniError> {
+    let cmd: Cmd = command
+        .parse()
+        .map_err(|_| CniError::Env { var: "CNI_COMMAND", reason: format!("{command:?} is not a CNI verb") })?;
+    config.version.allows(cmd).map_err(|e| CniError::IncompatibleVersion(e.details().to_owned()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Io(e.to_string()))?;
     let var = |name: &str| std::env::var(name).ok();
-    match command {
-        "ADD" => {
+    match cmd {
+        Cmd::Add => {
             let env = CniEnv::for_add(var)?;
-            let result = runtime.block_on(add::add(config, &env))?;
-            Ok(Some(to_json(&CNIResultWithVersion::new(config.version, result))))
+            let result = runtime.block_on(modes::add(config, &env))?;
+            Ok(Some(encode_result(config.version, result)))
         }
-        "DEL" => {
-            let env = CniEnv::for_del(var)?;
-            runtime.block_on(del::del(config, &env))?;
-            Ok(None)
-        }
-        other => Err(CniError::Env { var: "CNI_COMMAND", reason: format!("{other:?} is not ADD, DEL or VERSION") }),
+        Cmd::Del => runtime.block_on(modes::del(config, &CniEnv::for_del(var)?)).map(|()| None),
+        Cmd::Check => runtime.block_on(modes::check(config, &CniEnv::for_add(var)?)).map(|()| None),
+        Cmd::Status => runtime.block_on(modes::status(config, &env::cni_path(var))).map(|()| None),
+        Cmd::Gc => runtime.block_on(modes::gc(config, &env::cni_path(var))).map(|()| None),
+        Cmd::Version => unreachable!("VERSION is answered before the config is parsed"),
     }
 }
 
-fn version() -> Result<serde_json::Value, CniError> {
-    let newest = *SUPPORTED_VERSIONS.last().expect("at least one version");
-    Ok(to_json(&PluginInfo::new(newest, SUPPORTED_VERSIONS.to_vec())))
+/// The ADD result in the layout of the config's version: 0.3.x and 0.4.0
+/// carry `ips[].version`; 1.1.0 adds per-interface MTUs, which older
+/// versions must not see.
+fn encode_result(version: SpecVersion, mut result: CNIResult) -> serde_json::Value {
+    if version < SpecVersion::new(1, 1, 0) {
+        for interface in &mut result.interfaces {
+            interface.mtu = None;
+        }
+    }
+    if version.is_legacy() {
+        to_json(&legacy::CNIResult::new(version, result))
+    } else {
+        to_json(&CNIResultWithVersion::new(version, result))
+    }
 }
 
 fn read_stdin() -> Result<String, CniError> {
@@ -92,9 +131,11 @@ fn read_stdin() -> Result<String, CniError> {
     Ok(text)
 }
 
-/// The `cniVersion` a VERSION call's stdin declares, for echoing back.
+/// The `cniVersion` the input declares, for echoing back (also in errors).
 fn declared_version(text: &str) -> SpecVersion {
-    serde_json::from_str::<NetConf>(text).ok().and_then(|conf| conf.version().ok()).unwrap_or(SpecVersion::new(1, 0, 0))
+    let declared = serde_json::from_str::<serde_json::Value>(text).ok();
+    let version = declared.as_ref().and_then(|v| v["cniVersion"].as_str()).and_then(|v| v.parse().ok());
+    version.unwrap_or(FALLBACK_VERSION)
 }
 
 fn parse_config(text: &str) -> Result<Config, CniError> {
@@ -109,8 +150,25 @@ fn parse_config(text: &str) -> Result<Config, CniError> {
             supported.join(", ")
         )));
     }
+    check_prev_result(&raw, version)?;
     let settings = Settings::from_config(&raw)?;
-    Ok(Config { netconf, version, settings })
+    Ok(Config { netconf, raw, version, settings })
+}
+
+/// A runtime converts `prevResult` to the config's version before it sends
+/// it; one that says it is another version was not converted.
+fn check_prev_result(raw: &serde_json::Value, version: SpecVersion) -> Result<(), CniError> {
+    let Some(declared) = raw.get("prevResult").and_then(|prev| prev.get("cniVersion")) else {
+        return Ok(());
+    };
+    let declared = declared.as_str().and_then(|v| v.parse::<SpecVersion>().ok());
+    if declared != Some(version) {
+        return Err(CniError::IncompatibleVersion(format!(
+            "prevResult is cniVersion {}, the config is {version}",
+            declared.map_or("(unreadable)".into(), |v| v.to_string())
+        )));
+    }
+    Ok(())
 }
 
 fn to_json(value: &impl Serialize) -> serde_json::Value {

@@ -1,0 +1,145 @@
+//! CHECK: is every link end of this container still as ADD left it?
+//!
+//! The pod end (name, addresses, MTU, up), the host end (same ifindex, our
+//! program attached), the forwarding entries (both directions when the peer
+//! is attached, none while it waits) and the counters; and when the runtime
+//! sends a prevResult, that it lists our interfaces and addresses. A link
+//! still waiting for its peer is fine; anything else that differs is an error.
+
+use std::collections::HashSet;
+
+use super::{Config, env::CniEnv, error::CniError};
+use crate::{
+    config::AttachMode,
+    dataplane::Dataplane,
+    netlink::Netlink,
+    pairing,
+    store::{
+        EmbeddedStore, Store,
+        records::{self, EndRecord},
+    },
+    topology::{Link, Side},
+};
+
+/// One attached end of this container, with its link and both its ends.
+struct Attached {
+    side: Side,
+    record: EndRecord,
+    link: Option<Link>,
+    ends: [Option<EndRecord>; 2],
+}
+
+/// Checks the container's ends; returns their records (empty when ratchet
+/// gave this container nothing, e.g. a pod passed to a delegate).
+pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
+    let settings = &config.settings;
+    let attached = read_attached(config, env)?;
+    if attached.is_empty() {
+        return Ok(Vec::new());
+    }
+    let drift = |what: String| CniError::CheckDrift(what);
+    let dataplane = Dataplane::open(&settings.pin_root)?
+        .ok_or_else(|| drift(format!("no program is pinned under {}", settings.pin_root.display())))?;
+    let host = Netlink::host()?;
+    let in_pod = Netlink::in_netns(&env.netns)?;
+    for end in &attached {
+        check_pod_end(&in_pod, end).await?;
+        check_host_end(&host, &dataplane, settings.attach, &end.record).await?;
+        check_forwarding(&dataplane, end)?;
+        check_prev_result(config, end)?;
+    }
+    Ok(attached.into_iter().map(|end| end.record).collect())
+}
+
+fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, CniError> {
+    let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
+    let mut tx = store.begin()?;
+    let mut attached = Vec::new();
+    for held in records::container_ends(&mut tx, &env.container_id)? {
+        let ends = records::ends(&mut tx, &held.link)?;
+        let Some(record) = ends[held.side.index()].clone().filter(|r| r.container_id == env.container_id) else {
+            continue;
+        };
+        let link = records::link(&mut tx, &held.link)?;
+        attached.push(Attached { side: held.side, record, link, ends });
+    }
+    Ok(attached)
+}
+
+async fn check_pod_end(in_pod: &Netlink, end: &Attached) -> Result<(), CniError> {
+    let name = end.record.ifname.as_str();
+    let drift = |what: String| CniError::CheckDrift(format!("pod end {name} in {}: {what}", end.record.netns));
+    let found = in_pod.link_by_name(name).await?.ok_or_else(|| drift("is gone".into()))?;
+    if !found.up {
+        return Err(drift("is down".into()));
+    }
+    // The topology may have dropped the link since; the end is still ours.
+    let Some(link) = &end.link else { return Ok(()) };
+    if found.mtu != link.mtu() {
+        return Err(drift(format!("MTU is {}, the link says {}", found.mtu, link.mtu())));
+    }
+    let present: HashSet<_> = in_pod.addresses(found.index).await?.into_iter().collect();
+    let spec = link.end(end.side);
+    if let Some(missing) = spec.ips.iter().find(|ip| !present.contains(*ip)) {
+        return Err(drift(format!("address {missing} is missing")));
+    }
+    Ok(())
+}
+
+async fn check_host_end(host: &Netlink, dataplane: &Dataplane, mode: AttachMode, record: &EndRecord) -> Result<(), CniError> {
+    let name = &record.host_ifname;
+    let drift = |what: String| CniError::CheckDrift(format!("host end {name}: {what}"));
+    let found = host.link_by_name(name).await?.ok_or_else(|| drift("is gone".into()))?;
+    if found.index != record.host_ifindex {
+        return Err(drift(format!("is ifindex {}, ADD made {}", found.index, record.host_ifindex)));
+    }
+    let attached = match mode {
+        AttachMode::Clsact => host.ingress_bpf_programs(found.index).await?.contains(&dataplane.program_id()?),
+        AttachMode::Tcx => dataplane.tcx_attached(name)?,
+    };
+    if !attached {
+        return Err(drift(format!("{} is not attached to its ingress", ratchet_common::PROG_TO_PEER)));
+    }
+    Ok(())
+}
+
+fn check_forwarding(dataplane: &Dataplane, end: &Attached) -> Result<(), CniError> {
+    let me = end.record.host_ifindex;
+    let wanted = pairing::forwarding(&end.ends, &end.record.node);
+    let drift = |what: String| CniError::CheckDrift(format!("{} map: {what}", ratchet_common::MAP_PEERS));
+    if wanted.is_empty() {
+        // Waiting for the peer: nothing may forward from this end.
+        return match dataplane.peer_of(me)? {
+            None => Ok(()),
+            Some(to) => Err(drift(format!("waiting end {me} forwards to {to}"))),
+        };
+    }
+    for forward in wanted {
+        let actual = dataplane.peer_of(forward.from)?;
+        if actual != Some(forward.to) {
+            return Err(drift(format!("entry {} is {actual:?}, should be {}", forward.from, forward.to)));
+        }
+    }
+    if dataplane.stats(me)?.is_none() {
+        return Err(drift(format!("{} has no entry for {me}", ratchet_common::MAP_STATS)));
+    }
+    Ok(())
+}
+
+/// The runtime's cached result must list the pod end and its addresses.
+fn check_prev_result(config: &Config, end: &Attached) -> Result<(), CniError> {
+    let Some(prev) = &config.netconf.prev_result else { return Ok(()) };
+    let name = end.record.ifname.as_str();
+    let drift = |what: String| CniError::CheckDrift(format!("prevResult: {what}"));
+    let position = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == name && i.sandbox.as_deref() == Some(end.record.netns.as_str()))
+        .ok_or_else(|| drift(format!("has no interface {name} in {}", end.record.netns)))?;
+    let Some(link) = &end.link else { return Ok(()) };
+    let listed: HashSet<_> = prev.ips.iter().filter(|ip| ip.interface == Some(position as u32)).map(|ip| ip.address).collect();
+    match link.end(end.side).ips.iter().find(|ip| !listed.contains(*ip)) {
+        Some(missing) => Err(drift(format!("does not list {missing} on {name}"))),
+        None => Ok(()),
+    }
+}

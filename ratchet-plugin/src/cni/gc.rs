@@ -1,0 +1,101 @@
+//! GC (spec 1.1): remove every link end the runtime no longer knows.
+//!
+//! The runtime lists every attachment still valid (container id and
+//! `CNI_IFNAME`); every ratchet end not on the list is unwired, forgotten and
+//! its veth deleted, and forwarding or counter entries that belong to no
+//! recorded end are removed. GC keeps going past errors and reports them all.
+
+use std::collections::HashSet;
+
+use super::{Config, del, error::CniError};
+use crate::{
+    dataplane::Dataplane,
+    netlink::Netlink,
+    store::{EmbeddedStore, Store, Transaction, records},
+};
+
+/// The config key the runtime lists valid attachments under.
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+
+/// Returns what went wrong; empty when GC did all it had to.
+pub async fn gc(config: &Config) -> Vec<String> {
+    let Some(valid) = &config.netconf.valid_attachments else {
+        return vec![format!("the config has no {VALID_ATTACHMENTS}")];
+    };
+    let valid: HashSet<(&str, &str)> = valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
+    let settings = &config.settings;
+    let mut errors = Vec::new();
+    let mut dataplane = match Dataplane::open(&settings.pin_root) {
+        Ok(dataplane) => dataplane,
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    };
+    let mut store = match EmbeddedStore::open(&settings.state_dir) {
+        Ok(store) => store,
+        Err(e) => return vec![e.to_string()],
+    };
+    let (released, kept) = match release_invalid(&mut store, dataplane.as_mut(), &valid, &mut errors) {
+        Ok(done) => done,
+        Err(e) => return vec![e.to_string()],
+    };
+    match Netlink::host() {
+        Ok(host) => {
+            for record in &released {
+                if let Err(e) = del::teardown(&host, dataplane.as_ref(), record).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    if let Some(dataplane) = &mut dataplane {
+        remove_unrecorded_entries(dataplane, &kept, &mut errors);
+    }
+    errors
+}
+
+/// Releases every end not in `valid`; returns the released records and the
+/// host ifindexes of the ends that stay.
+fn release_invalid(
+    store: &mut EmbeddedStore,
+    mut dataplane: Option<&mut Dataplane>,
+    valid: &HashSet<(&str, &str)>,
+    errors: &mut Vec<String>,
+) -> Result<(Vec<records::EndRecord>, HashSet<u32>), CniError> {
+    let mut tx = store.begin()?;
+    let mut released = Vec::new();
+    let mut kept = HashSet::new();
+    for (link, side, record) in records::all_ends(&mut tx)? {
+        if valid.contains(&(record.container_id.as_str(), record.cni_ifname.as_str())) {
+            kept.insert(record.host_ifindex);
+            continue;
+        }
+        match del::release(&mut tx, dataplane.as_deref_mut(), &link, side, Some(&record.container_id)) {
+            Ok(found) => released.extend(found),
+            Err(e) => errors.push(format!("link {link} end {}: {e}", side.as_str())),
+        }
+    }
+    tx.commit()?;
+    Ok((released, kept))
+}
+
+/// Map entries whose host veth no record holds are left over from a killed
+/// verb or a lost DEL: nothing may forward from or count for them.
+fn remove_unrecorded_entries(dataplane: &mut Dataplane, kept: &HashSet<u32>, errors: &mut Vec<String>) {
+    let (peers, stats) = match dataplane.keys() {
+        Ok(keys) => keys,
+        Err(e) => return errors.push(e.to_string()),
+    };
+    for ifindex in peers.into_iter().filter(|i| !kept.contains(i)) {
+        if let Err(e) = dataplane.unforward(ifindex) {
+            errors.push(e.to_string());
+        }
+    }
+    for ifindex in stats.into_iter().filter(|i| !kept.contains(i)) {
+        if let Err(e) = dataplane.untrack(ifindex) {
+            errors.push(e.to_string());
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! One log line per verb: container, pod, verb, duration and outcome.
+//!
+//! Logs go to `log_file` (appended) when the config names one, else to
+//! stderr, never stdout: stdout carries only the result. `log_level` picks
+//! how much (default `info` to a file, `warn` to stderr).
+
+use std::{fs::OpenOptions, sync::Mutex, time::Instant};
+
+use tracing::{Level, info, warn};
+
+use super::error::CniError;
+use crate::config::Settings;
+
+/// The verb being logged.
+pub struct Verb {
+    command: String,
+    container: String,
+    pod: String,
+}
+
+impl Verb {
+    /// Sets up logging from the config and remembers who the verb is for.
+    pub fn start(settings: &Settings, command: &str) -> Self {
+        init(settings);
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let args = var("CNI_ARGS");
+        let arg = |key: &str| {
+            args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned()
+        };
+        let pod = format!("{}/{}", arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"));
+        Self { command: command.into(), container: var("CNI_CONTAINERID"), pod }
+    }
+
+    pub fn finish<T>(self, started: Instant, outcome: &Result<T, CniError>) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let Self { command, container, pod } = self;
+        match outcome {
+            Ok(_) => info!(verb = %command, container = %container, pod = %pod, ms = format_args!("{ms:.1}"), "ok"),
+            Err(error) => {
+                warn!(verb = %command, container = %container, pod = %pod, ms = format_args!("{ms:.1}"), error = %error, "failed")
+            }
+        }
+    }
+}
+
+fn init(settings: &Settings) {
+    let file = settings.log_file.as_ref().and_then(|path| OpenOptions::new().create(true).append(true).open(path).ok());
+    let default = if file.is_some() { Level::INFO } else { Level::WARN };
+    let level = settings.log_level.map_or(default, Level::from);
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_target(false);
+    // A second init in one process (unit tests) is refused, harmlessly.
+    let _ = match file {
+        Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}

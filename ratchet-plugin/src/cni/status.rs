@@ -1,0 +1,28 @@
+//! STATUS (spec 1.1): can this node serve ADD right now?
+//!
+//! Ready means the store answers, bpffs is mounted and the program and maps
+//! are pinned. STATUS makes them so where it can (mounting bpffs, loading and
+//! pinning the program: what the first ADD would do anyway), so a fresh
+//! node reports ready instead of waiting for an ADD that a runtime would not
+//! send while the plugin is not ready.
+
+use super::{Config, error::CniError};
+use crate::{
+    dataplane::Dataplane,
+    store::{EmbeddedStore, Store, records},
+};
+
+pub fn status(config: &Config) -> Result<(), CniError> {
+    let settings = &config.settings;
+    let attached = EmbeddedStore::open(&settings.state_dir)
+        .and_then(|mut store| Ok(records::all_ends(&mut store.begin()?)?.len()))
+        .map_err(|e| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") })?;
+    Dataplane::open_or_load(&settings.pin_root, &settings.state_dir).map_err(|e| {
+        // Links already up keep forwarding (their filters hold the program),
+        // but nothing can update their maps: say so.
+        let limited = attached > 0;
+        let also = if limited { format!("; {attached} attached link end(s) cannot be changed") } else { String::new() };
+        CniError::NotAvailable { limited, reason: format!("{e}{also}") }
+    })?;
+    Ok(())
+}
