@@ -1,10 +1,11 @@
 //! STATUS (spec 1.1): can this node serve ADD right now?
 //!
 //! Ready means the store answers, bpffs is mounted and the program and maps
-//! are pinned. STATUS makes them so where it can (mounting bpffs, loading and
-//! pinning the program: what the first ADD would do anyway), so a fresh
-//! node reports ready instead of waiting for an ADD that a runtime would not
-//! send while the plugin is not ready.
+//! are pinned. On a node with no link yet, STATUS makes them so (mounting
+//! bpffs, loading and pinning: what the first ADD would do anyway), so a
+//! fresh node reports ready instead of waiting for an ADD that a runtime
+//! would not send while the plugin is not ready. Pins gone while ends are
+//! attached is error 51: those links still forward, but cannot be changed.
 
 use super::{Config, error::CniError};
 use crate::{
@@ -17,6 +18,13 @@ pub fn status(config: &Config) -> Result<(), CniError> {
     let attached = EmbeddedStore::open(&settings.state_dir)
         .and_then(|mut store| Ok(records::all_ends(&mut store.begin()?)?.len()))
         .map_err(|e| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") })?;
+    let pinned = Dataplane::open(&settings.pin_root).map_err(|e| CniError::NotAvailable { limited: attached > 0, reason: e.to_string() })?;
+    if pinned.is_none() && attached > 0 {
+        // Loading afresh would give new maps that the attached ends' filters
+        // never read: their forwarding can no longer be changed.
+        let reason = format!("the pins under {} are gone while {attached} link end(s) are attached", settings.pin_root.display());
+        return Err(CniError::NotAvailable { limited: true, reason });
+    }
     Dataplane::open_or_load(&settings.pin_root, &settings.state_dir).map_err(|e| {
         // Links already up keep forwarding (their filters hold the program),
         // but nothing can update their maps: say so.
