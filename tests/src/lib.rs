@@ -10,7 +10,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -93,6 +93,17 @@ impl Pod {
     pub fn link(&self, ifname: &str) -> Option<Value> {
         self.links().into_iter().find(|l| l["ifname"] == ifname)
     }
+
+    /// The global addresses of an interface inside the pod, as `addr/prefix`.
+    pub fn addresses(&self, ifname: &str) -> Vec<String> {
+        let out = self.exec(&["ip", "-j", "address", "show", "dev", ifname, "scope", "global"]);
+        let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        links
+            .iter()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
 }
 
 impl Drop for Pod {
@@ -143,12 +154,36 @@ pub struct Reply {
     pub success: bool,
     pub json: Value,
     pub stdout: String,
+    pub stderr: String,
 }
 
 impl Reply {
     /// The CNI error code, if the call failed with one.
     pub fn code(&self) -> Option<u64> {
         self.json["code"].as_u64()
+    }
+
+    /// The error's `msg` and `details`, for looking for a word in either.
+    pub fn error_text(&self) -> String {
+        format!("{} {}", self.json["msg"].as_str().unwrap_or(""), self.json["details"].as_str().unwrap_or(""))
+    }
+
+    /// Panics unless the call succeeded and printed nothing (DEL, CHECK,
+    /// STATUS and GC print nothing on success).
+    pub fn assert_silent_success(&self, what: &str) {
+        assert!(self.success, "{what} failed: {}", self.stdout);
+        assert!(self.stdout.is_empty(), "{what} prints nothing on success, got {}", self.stdout);
+    }
+
+    /// Panics unless the call failed with `code` and its `msg` or `details`
+    /// mention every one of `mentions`.
+    pub fn assert_error(&self, code: u64, mentions: &[&str]) {
+        assert!(!self.success, "should fail with code {code}: {}", self.stdout);
+        assert_eq!(self.code(), Some(code), "{}", self.stdout);
+        let text = self.error_text();
+        for word in mentions {
+            assert!(text.contains(word), "{text:?} should mention {word:?}");
+        }
     }
 }
 
@@ -226,19 +261,50 @@ impl Node {
 
     /// Calls the plugin with exactly this environment and stdin.
     pub fn call_raw(&self, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
-        let mut child = Command::new(ratchet_bin())
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ratchet");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        Reply { success: out.status.success(), json, stdout }
+        call_binary(&ratchet_bin(), env, stdin)
+    }
+
+    /// The config for another `cniVersion`.
+    pub fn config_for(&self, version: &str) -> Value {
+        let mut config = self.config();
+        config["cniVersion"] = json!(version);
+        config
+    }
+
+    /// A per-container verb for `pod`, with kubelet's identity and `eth0`.
+    pub fn call_pod(&self, command: &str, pod: &Pod, config: &Value) -> Reply {
+        self.call(command, &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), config)
+    }
+
+    /// CHECK for `pod`, with the runtime's cached ADD result as prevResult.
+    pub fn check(&self, pod: &Pod, config: &Value, cached: &Value) -> Reply {
+        self.call_pod("CHECK", pod, &with_prev_result(config, cached))
+    }
+
+    /// STATUS as a 1.1 runtime sends it: only `CNI_COMMAND` and `CNI_PATH`.
+    pub fn status(&self, config: &Value) -> Reply {
+        self.call_node_verb("STATUS", config, "/usr/lib/cni")
+    }
+
+    /// GC as a 1.1 runtime sends it (only `CNI_COMMAND` and `CNI_PATH`), the
+    /// valid attachments (container id, `CNI_IFNAME`) in the config.
+    pub fn gc(&self, config: &Value, valid: &[(String, &str)]) -> Reply {
+        self.call_node_verb("GC", &with_valid_attachments(config, valid), "/usr/lib/cni")
+    }
+
+    /// STATUS or GC with a `CNI_PATH` of the caller's choosing.
+    pub fn call_node_verb(&self, command: &str, config: &Value, cni_path: &str) -> Reply {
+        self.call_raw(&[("CNI_COMMAND", command), ("CNI_PATH", cni_path)], config.to_string().as_bytes())
+    }
+
+    /// The keys (host ifindexes) of a pinned map, `peers` or `stats`, as
+    /// bpftool dumps them.
+    pub fn map_keys(&self, map: &str) -> Vec<u64> {
+        let dump = run("bpftool", &["-j", "map", "dump", "pinned", self.pin_root.join(map).to_str().unwrap()]);
+        let entries: Vec<Value> = serde_json::from_str(&dump).unwrap();
+        let mut keys: Vec<u64> = entries.iter().map(|e| e["formatted"]["key"].as_u64().unwrap()).collect();
+        keys.sort_unstable();
+        keys
     }
 
     /// ADD for a pod; panics with the plugin's error if it fails.
@@ -266,6 +332,138 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_root);
     }
+}
+
+/// Runs a plugin binary with exactly this environment and stdin.
+pub fn call_binary(binary: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
+    let mut child = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+    // A plugin may exit before it reads its stdin.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    Reply { success: out.status.success(), json, stdout, stderr }
+}
+
+/// Runs a reference plugin from `/usr/lib/cni` for `pod`, as a runtime runs
+/// the first plugin of a chain: kubelet's `CNI_*` variables, the config on stdin.
+pub fn reference_plugin(plugin: &str, command: &str, pod: &Pod, config: &Value) -> Reply {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name);
+    let (container, netns) = (container_of(pod), pod.netns_path());
+    let env = [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", &container),
+        ("CNI_NETNS", &netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+        ("CNI_ARGS", &args),
+    ];
+    call_binary(&Path::new("/usr/lib/cni").join(plugin), &env, config.to_string().as_bytes())
+}
+
+/// The config with a `prevResult`, as a runtime sends CHECK, DEL and any
+/// chained plugin.
+pub fn with_prev_result(config: &Value, prev: &Value) -> Value {
+    let mut config = config.clone();
+    config["prevResult"] = prev.clone();
+    config
+}
+
+/// The config with the `cni.dev/valid-attachments` GC reads.
+pub fn with_valid_attachments(config: &Value, valid: &[(String, &str)]) -> Value {
+    let mut config = config.clone();
+    let list: Vec<Value> = valid.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect();
+    config["cni.dev/valid-attachments"] = json!(list);
+    config
+}
+
+/// Every version ratchet speaks, oldest first.
+pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Whether a version's ADD result has the 0.3.x/0.4.0 layout (`ips[].version`).
+pub fn is_legacy(version: &str) -> bool {
+    version.starts_with("0.")
+}
+
+/// Whether a config of this version may ask for CHECK (0.4.0 and later).
+pub fn has_check(version: &str) -> bool {
+    version != "0.3.0" && version != "0.3.1"
+}
+
+/// A bridge name for the bridge plugin, which makes the device on its first
+/// ADD and never deletes it; the guard deletes it on drop.
+pub struct Bridge {
+    pub name: String,
+}
+
+impl Bridge {
+    pub fn new() -> Self {
+        let name = unique("rtbr");
+        assert!(name.len() <= 15, "{name} is too long for an interface name");
+        Self { name }
+    }
+
+    /// The interfaces enslaved to the bridge (the host ends of its pods).
+    pub fn ports(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-j", "link", "show", "master", &self.name]).output().unwrap();
+        let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        links.iter().map(|l| l["ifname"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// host-local IPAM whose allocations live in a directory of this test's own
+/// (removed on drop), so tests neither share nor leak addresses.
+pub struct HostLocal {
+    pub data_dir: tempfile::TempDir,
+    pub subnet: String,
+}
+
+impl HostLocal {
+    pub fn new(subnet: &str) -> Self {
+        Self { data_dir: tempfile::tempdir().unwrap(), subnet: subnet.into() }
+    }
+
+    /// The `ipam` section of a plugin config.
+    pub fn ipam(&self) -> Value {
+        json!({"type": "host-local", "subnet": self.subnet, "dataDir": self.data_dir.path()})
+    }
+
+    /// The addresses host-local holds for the network `name` (one file each).
+    pub fn allocated(&self, network: &str) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.data_dir.path().join(network)) else { return Vec::new() };
+        let mut ips: Vec<String> = dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        ips.sort();
+        ips
+    }
+}
+
+/// A host interface's ifindex.
+pub fn host_ifindex(name: &str) -> u32 {
+    let links: Vec<Value> = serde_json::from_str(&run("ip", &["-j", "link", "show", "dev", name])).unwrap();
+    u32::try_from(links[0]["ifindex"].as_u64().unwrap()).unwrap()
 }
 
 /// The container id the tests give a pod's sandbox.
