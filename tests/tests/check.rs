@@ -35,112 +35,112 @@ fn check(node: &Node, pod: &Pod, cached: &Value) -> ratchet_tests::Reply {
 #[test]
 fn an_untouched_link_passes() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 1);
-    check(&node, &alpha, &cached).assert_silent_success("CHECK");
+    let pair = linked_pair(&node, 1);
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_silent_success("CHECK");
 }
 
 #[test]
 fn a_link_waiting_for_its_peer_passes() {
     let node = Node::new();
-    let Pair { alpha, beta, link: l1, alpha_cached: cached, .. } = linked_pair(&node, 2);
-    node.del(&beta);
-    assert_eq!(node.link_state(&l1), "waiting");
-    check(&node, &alpha, &cached).assert_silent_success("CHECK of a waiting end");
+    let pair = linked_pair(&node, 2);
+    node.del(&pair.beta);
+    assert_eq!(node.link_state(&pair.link), "waiting");
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_silent_success("CHECK of a waiting end");
 }
 
 #[test]
 fn the_pod_end_deleted() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 3);
-    assert!(alpha.exec(&["ip", "link", "del", "in1"]).status.success());
-    check(&node, &alpha, &cached).assert_error(105, &["pod end in1", &alpha.netns_path(), "gone"]);
+    let pair = linked_pair(&node, 3);
+    assert!(pair.alpha.exec(&["ip", "link", "del", "in1"]).status.success());
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &["pod end in1", &pair.alpha.netns_path(), "gone"]);
 }
 
 #[test]
 fn the_pod_end_set_down() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 4);
-    assert!(alpha.exec(&["ip", "link", "set", "in1", "down"]).status.success());
-    check(&node, &alpha, &cached).assert_error(105, &["pod end in1", "down"]);
+    let pair = linked_pair(&node, 4);
+    assert!(pair.alpha.exec(&["ip", "link", "set", "in1", "down"]).status.success());
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &["pod end in1", "down"]);
 }
 
 #[test]
 fn the_program_detached_from_the_host_end() {
     let node = Node::new();
-    let Pair { alpha, beta, link, alpha_cached, beta_cached } = linked_pair(&node, 5);
-    let host = &host_ifnames(&node, &link)[0];
+    let pair = linked_pair(&node, 5);
+    let host = &host_ifnames(&node, &pair.link)[0];
     run("tc", &["filter", "del", "dev", host, "ingress"]);
-    check(&node, &alpha, &alpha_cached).assert_error(105, &[&format!("host end {host}"), "ratchet_to_peer", "not attached"]);
-    check(&node, &beta, &beta_cached).assert_silent_success("CHECK of the untouched peer");
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &[&format!("host end {host}"), "ratchet_to_peer", "not attached"]);
+    check(&node, &pair.beta, &pair.beta_cached).assert_silent_success("CHECK of the untouched peer");
 }
 
 #[test]
 fn the_tcx_link_unpinned() {
     let node = Node::with_attach("tcx");
-    let Pair { alpha, link: l1, alpha_cached: cached, .. } = linked_pair(&node, 6);
-    let host = &host_ifnames(&node, &l1)[0];
+    let pair = linked_pair(&node, 6);
+    let host = &host_ifnames(&node, &pair.link)[0];
     std::fs::remove_file(node.pin_root.join("links").join(host)).unwrap();
-    assert!(!alpha.ping("10.83.6.2"), "with its last reference gone the tcx link detaches");
-    check(&node, &alpha, &cached).assert_error(105, &[&format!("host end {host}"), "not attached"]);
+    assert!(!pair.alpha.ping("10.83.6.2"), "with its last reference gone the tcx link detaches");
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &[&format!("host end {host}"), "not attached"]);
 }
 
 #[test]
 fn a_map_entry_removed() {
     let node = Node::new();
-    let Pair { alpha, link: l1, alpha_cached: cached, .. } = linked_pair(&node, 7);
-    let ifindex = host_ifindex(&host_ifnames(&node, &l1)[0]);
+    let pair = linked_pair(&node, 7);
+    let ifindex = host_ifindex(&host_ifnames(&node, &pair.link)[0]);
     let key: Vec<String> = ifindex.to_le_bytes().iter().map(|b| format!("0x{b:02x}")).collect();
     let peers = node.pin_root.join("peers");
     let mut args = vec!["map", "delete", "pinned", peers.to_str().unwrap(), "key"];
     args.extend(key.iter().map(String::as_str));
     run("bpftool", &args);
     assert_eq!(node.peers().len(), 1, "one direction is gone");
-    check(&node, &alpha, &cached).assert_error(105, &["RATCHET_PEERS", &format!("entry {ifindex}")]);
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &["RATCHET_PEERS", &format!("entry {ifindex}")]);
 }
 
 #[test]
 fn the_mtu_changed() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 8);
-    assert!(alpha.exec(&["ip", "link", "set", "in1", "mtu", "1400"]).status.success());
-    check(&node, &alpha, &cached).assert_error(105, &["pod end in1", "MTU is 1400", "1500"]);
+    let pair = linked_pair(&node, 8);
+    assert!(pair.alpha.exec(&["ip", "link", "set", "in1", "mtu", "1400"]).status.success());
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &["pod end in1", "MTU is 1400", "1500"]);
 }
 
 #[test]
 fn an_address_removed() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 9);
-    assert!(alpha.exec(&["ip", "address", "del", "fd83:9::1/64", "dev", "in1"]).status.success());
-    check(&node, &alpha, &cached).assert_error(105, &["pod end in1", "fd83:9::1/64", "missing"]);
+    let pair = linked_pair(&node, 9);
+    assert!(pair.alpha.exec(&["ip", "address", "del", "fd83:9::1/64", "dev", "in1"]).status.success());
+    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &["pod end in1", "fd83:9::1/64", "missing"]);
 }
 
 #[test]
 fn a_prev_result_without_the_interface() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 10);
-    let mut lacking = cached.clone();
+    let pair = linked_pair(&node, 10);
+    let mut lacking = pair.alpha_cached.clone();
     lacking["interfaces"].as_array_mut().unwrap().retain(|i| i["name"] != "in1");
     lacking["ips"] = json!([]);
-    check(&node, &alpha, &lacking).assert_error(105, &["prevResult", "in1"]);
+    check(&node, &pair.alpha, &lacking).assert_error(105, &["prevResult", "in1"]);
 }
 
 #[test]
 fn a_prev_result_without_an_address() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 11);
-    let mut lacking = cached.clone();
+    let pair = linked_pair(&node, 11);
+    let mut lacking = pair.alpha_cached.clone();
     lacking["ips"].as_array_mut().unwrap().retain(|ip| ip["address"] != "10.83.11.1/24");
     assert_eq!(lacking["ips"].as_array().unwrap().len(), 1);
-    check(&node, &alpha, &lacking).assert_error(105, &["prevResult", "10.83.11.1/24"]);
+    check(&node, &pair.alpha, &lacking).assert_error(105, &["prevResult", "10.83.11.1/24"]);
 }
 
 #[test]
 fn a_prev_result_with_the_address_on_another_interface() {
     let node = Node::new();
-    let Pair { alpha, alpha_cached: cached, .. } = linked_pair(&node, 12);
-    let mut moved = cached.clone();
+    let pair = linked_pair(&node, 12);
+    let mut moved = pair.alpha_cached.clone();
     for ip in moved["ips"].as_array_mut().unwrap() {
         ip["interface"] = json!(0);
     }
-    check(&node, &alpha, &moved).assert_error(105, &["prevResult", "in1"]);
+    check(&node, &pair.alpha, &moved).assert_error(105, &["prevResult", "in1"]);
 }
