@@ -127,8 +127,16 @@ impl Delegate {
             return Ok(stdout);
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(match stdout.and_then(|v| serde_json::from_value::<ErrorResult>(v).ok()) {
-            Some(error) => CniError::Delegate { role: self.role, plugin: self.plugin.clone(), error: error.into() },
+        let decoded = stdout.and_then(|raw| Some((serde_json::from_value::<ErrorResult>(raw.clone()).ok()?, raw)));
+        Err(match decoded {
+            Some((error, raw)) => {
+                // For a spec code the conversion puts the spec's wording in
+                // place of the plugin's msg; keep what the plugin said.
+                let error = rscni_types::error::Error::from(error);
+                let msg = raw["msg"].as_str().map_or_else(|| error.msg().to_owned(), str::to_owned);
+                let error = rscni_types::error::Error::Custom(u32::from(&error), msg, error.details().to_owned());
+                CniError::Delegate { role: self.role, plugin: self.plugin.clone(), error }
+            }
             None => self.failed(format!("{command} exited with {}: {}", output.status, stderr.trim())),
         })
     }
