@@ -101,7 +101,8 @@ impl Pod {
         links
             .iter()
             .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            // iproute2 leaves an empty object for each address the scope filter drops.
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
             .collect()
     }
 }
