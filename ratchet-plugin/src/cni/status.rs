@@ -15,8 +15,16 @@ use crate::{
 
 pub fn status(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
+    // An end counts as attached while its host veth is still there (same
+    // name, same ifindex): after a reboot the store still holds records
+    // until DEL or GC, but no filter reads the old maps any more.
+    let node = settings.node();
+    let still_there = |end: &records::EndRecord| {
+        let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", end.host_ifname));
+        end.node == node && ifindex.is_ok_and(|i| i.trim().parse() == Ok(end.host_ifindex))
+    };
     let attached = EmbeddedStore::open(&settings.state_dir)
-        .and_then(|mut store| Ok(records::all_ends(&mut store.begin()?)?.len()))
+        .and_then(|mut store| Ok(records::all_ends(&mut store.begin()?)?.into_iter().filter(|(_, _, end)| still_there(end)).count()))
         .map_err(|e| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") })?;
     let pinned = Dataplane::open(&settings.pin_root).map_err(|e| CniError::NotAvailable { limited: attached > 0, reason: e.to_string() })?;
     if pinned.is_none() && attached > 0 {
