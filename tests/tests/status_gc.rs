@@ -90,6 +90,31 @@ fn status_with_the_pins_gone_while_ends_are_attached_is_51() {
 }
 
 #[test]
+fn status_after_a_reboot_is_ready() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.84.101.1/24"]), "b": end(&beta, "in1", &["10.84.101.2/24"])}]}));
+    node.add(&alpha);
+    node.add(&beta);
+    let hosts = host_ifnames(&node, &l1);
+    // A reboot: every netns and veth is gone, and bpffs is empty; the store
+    // (on disk) still holds the records until the runtime's DEL or GC.
+    drop((alpha, beta));
+    std::fs::remove_dir_all(&node.pin_root).unwrap();
+    for _ in 0..50 {
+        if hosts.iter().all(|h| !host_has_link(h)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(hosts.iter().all(|h| !host_has_link(h)), "the host ends went with their pods");
+
+    node.status(&config(&node)).assert_silent_success("STATUS: no end is attached any more, so loading afresh is safe");
+    assert!(node.pin_root.join("ratchet_to_peer").exists(), "STATUS loaded the pins");
+}
+
+#[test]
 fn gc_removes_exactly_the_unlisted_ends() {
     let node = Node::new();
     let pods = two_links(&node, 0);
