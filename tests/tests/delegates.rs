@@ -423,3 +423,25 @@ fn a_delegate_error_keeps_its_message() {
     let reply = node.call_raw(&env, config.to_string().as_bytes());
     reply.assert_error(7, &["delegate plugin ratchet-stub", "bridge name rtbr-stub-is-bad is not valid"]);
 }
+
+#[test]
+fn del_with_a_boot_network_is_repeatable_with_an_empty_netns() {
+    let node = Node::new();
+    let (bridge, ipam) = (Bridge::new(), HostLocal::new("10.152.9.0/24"));
+    let mut config = node.config();
+    config["boot_network"] = bridge_conf(&bridge, &ipam, None);
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let l1 = unique("lk");
+    node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.162.9.1/24"]), "b": end(&beta, "in2", &["10.162.9.2/24"])}]}));
+    let added = node.call_pod("ADD", &alpha, &config);
+    assert!(added.success, "{}", added.stdout);
+    let config = with_prev_result(&config, &added.json);
+
+    node.call_pod("DEL", &alpha, &config).assert_silent_success("DEL");
+    // containerd's second DEL, once the sandbox is gone: CNI_NETNS is empty.
+    let container = ratchet_tests::container_of(&alpha);
+    let again = node.call("DEL", &container, "", ("default", "alpha"), &config);
+    again.assert_silent_success("DEL again with an empty CNI_NETNS");
+    assert!(bridge.ports().is_empty() && ipam.allocated(NETWORK).is_empty());
+    nothing_of_ratchets(&node, &alpha, &l1, "in1");
+}
