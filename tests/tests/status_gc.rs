@@ -214,3 +214,15 @@ fn gc_without_the_list_removes_nothing() {
     assert!(reply.error_text().contains("cni.dev/valid-attachments"), "{}", reply.stdout);
     assert_eq!(node.link_state(&pods.l1), "up", "nothing was removed");
 }
+
+#[test]
+fn gc_that_cannot_read_the_store_is_106() {
+    let node = Node::new();
+    let file = node.state_dir.path().join("a-regular-file");
+    std::fs::write(&file, "").unwrap();
+    let mut config = config(&node);
+    config["state_dir"] = json!(file.join("state"));
+    let reply = node.gc(&config, &[]);
+    reply.assert_error(106, &["a-regular-file"]);
+    assert_eq!(reply.json["cniVersion"], "1.1.0");
+}
