@@ -90,11 +90,25 @@ fn add_check_del(version: &str) {
     assert!(node.peers().is_empty());
 }
 
+/// The config in each mode: alone, chained (a prevResult), and the seed's
+/// standalone mode (`delegate` and `boot_network`).
+fn mode_configs(node: &Node, version: &str) -> Vec<(&'static str, Value)> {
+    let alone = node.config_for(version);
+    let chained = with_prev_result(&alone, &json!({"cniVersion": version}));
+    let mut standalone = alone.clone();
+    standalone["delegate"] = json!({"type": "bridge", "bridge": "rt-unused"});
+    standalone["boot_network"] = json!({"type": "ptp"});
+    vec![("alone", alone), ("chained", chained), ("standalone", standalone)]
+}
+
 fn version_lists_all_five(version: &str) {
     let node = Node::new();
-    let reply = node.call_raw(&[("CNI_COMMAND", "VERSION")], json!({ "cniVersion": version }).to_string().as_bytes());
-    assert!(reply.success, "{}", reply.stdout);
-    assert_eq!(reply.json, json!({"cniVersion": version, "supportedVersions": VERSIONS}));
+    let bare = json!({ "cniVersion": version });
+    for (mode, config) in [("bare", bare)].into_iter().chain(mode_configs(&node, version)) {
+        let reply = node.call_raw(&[("CNI_COMMAND", "VERSION")], config.to_string().as_bytes());
+        assert!(reply.success, "{mode}: {}", reply.stdout);
+        assert_eq!(reply.json, json!({"cniVersion": version, "supportedVersions": VERSIONS}), "{mode}");
+    }
 }
 
 /// STATUS and GC exist from 1.1.0; an older config is refused with code 1
@@ -118,6 +132,13 @@ fn status_and_gc(version: &str) {
         listed.assert_error(1, &["GC"]);
         assert_eq!(status.json["cniVersion"], version);
         node.gc(&config, &[]).assert_error(1, &["GC"]);
+        // Refused before any delegate is asked, whatever the mode.
+        for (mode, config) in mode_configs(&node, version) {
+            let status = node.status(&config);
+            assert_eq!(status.code(), Some(1), "STATUS, {mode}: {}", status.stdout);
+            let gc = node.gc(&config, &[]);
+            assert_eq!(gc.code(), Some(1), "GC, {mode}: {}", gc.stdout);
+        }
         assert_eq!(node.link_state(&l1), "waiting", "a refused GC removes nothing");
         assert!(host_has_link(&host_ifname(&l1, Side::A)));
     }
