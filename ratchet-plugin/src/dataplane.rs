@@ -65,6 +65,7 @@ pub enum DataplaneError {
 /// The pinned program and maps of one node.
 pub struct Dataplane {
     root: PathBuf,
+    generation: u32,
     program: SchedClassifier,
     peers: HashMap<MapData, u32, Peer>,
     stats: PerCpuHashMap<MapData, u32, EndStats>,
@@ -99,7 +100,24 @@ impl Dataplane {
         }
         let program = SchedClassifier::from_pin(&prog_pin)
             .map_err(|source| DataplaneError::Program { what: format!("open {}", prog_pin.display()), source })?;
-        Ok(Some(Self { root: root.to_owned(), program, peers: open_map(root, PIN_PEERS)?, stats: open_map(root, PIN_STATS)? }))
+        let peers_pin = root.join(PIN_PEERS);
+        let generation = aya::maps::MapInfo::from_pin(&peers_pin)
+            .map_err(|source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source })?
+            .id();
+        Ok(Some(Self {
+            root: root.to_owned(),
+            generation,
+            program,
+            peers: open_map(root, PIN_PEERS)?,
+            stats: open_map(root, PIN_STATS)?,
+        }))
+    }
+
+    /// Which load of the maps this is: the kernel id of the peers map, new
+    /// whenever the pins are made afresh (after a reboot, or an unload). Map
+    /// entries written under another generation are not in these maps.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Attaches the redirect program to a host veth's ingress.

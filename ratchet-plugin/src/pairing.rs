@@ -84,6 +84,7 @@ mod tests {
             host_ifname: format!("rt{ifindex}"),
             host_ifindex: ifindex,
             node: node.into(),
+            dataplane: 1,
         })
     }
 

@@ -95,3 +95,34 @@ fn a_new_sandbox_replaces_a_stale_one() {
     node.del(&fresh);
     node.del(&beta);
 }
+
+/// A reboot as the plugin sees it: every pod's netns (and so every veth)
+/// and every pin gone, the store's records still there.
+fn reboot(node: &Node, pods: Vec<Pod>) {
+    drop(pods);
+    std::fs::remove_dir_all(&node.pin_root).unwrap();
+}
+
+#[test]
+fn after_a_reboot_stale_records_are_forgotten_not_wired() {
+    let node = Node::new();
+    let (alpha, beta, l1) = linked_pair(&node);
+    let old_beta = (container_of(&beta), beta.netns_path());
+    reboot(&node, vec![alpha, beta]);
+
+    let alpha = Pod::new("default", "alpha");
+    node.add(&alpha);
+    assert!(node.peers().is_empty(), "beta's end is stale: alpha must wait, not be wired to a dead ifindex");
+    assert_eq!(node.link_state(&l1), "waiting");
+
+    let beta = Pod::new("default", "beta");
+    node.add(&beta);
+    assert_eq!(node.peers().len(), 2);
+    assert!(alpha.ping("10.79.0.2"), "both back: the link works");
+
+    let late = node.call("DEL", &old_beta.0, &old_beta.1, ("default", "beta"), &node.config());
+    assert!(late.success, "{}", late.stdout);
+    assert!(alpha.ping("10.79.0.2"), "the pre-reboot sandbox's DEL leaves the new one alone");
+    node.del(&alpha);
+    node.del(&beta);
+}

@@ -60,11 +60,11 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
     // Ends still held by an earlier sandbox of this pod (its DEL was lost, or
     // this is a retry) are released first, in their own transaction, so
     // their veths can go before ours take the same names.
-    let stale = release_held_ends(&mut tx, &mut dataplane, &links, &pod)?;
+    let stale = release_held_ends(&mut tx, &host, &mut dataplane, &links, &pod).await?;
     if !stale.is_empty() {
         tx.commit()?;
-        for record in &stale {
-            del::teardown(&host, Some(&dataplane), record).await?;
+        for end in &stale {
+            del::teardown(&host, Some(&dataplane), end).await?;
         }
         tx = store.begin()?;
     }
@@ -93,16 +93,17 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
 }
 
 /// Releases every end of `pod`'s links that some container still holds.
-fn release_held_ends(
+async fn release_held_ends(
     tx: &mut impl Transaction,
+    host: &Netlink,
     dataplane: &mut Dataplane,
     links: &[Link],
     pod: &PodRef,
-) -> Result<Vec<EndRecord>, CniError> {
+) -> Result<Vec<del::Released>, CniError> {
     let mut released = Vec::new();
     for link in links {
         for side in link.sides_of(pod) {
-            released.extend(del::release(tx, Some(dataplane), &link.id(), side, None)?);
+            released.extend(del::release(tx, host, Some(dataplane), &link.id(), side, None).await?);
         }
     }
     Ok(released)
@@ -172,8 +173,10 @@ impl Attach<'_> {
             host_ifname: host_ifname.clone(),
             host_ifindex: veth.index,
             node: self.node.clone(),
+            dataplane: self.dataplane.generation(),
         };
         let mut ends = records::ends(tx, &link.id())?;
+        self.forget_dead_peer(tx, link, side.other(), &mut ends).await?;
         let before = pairing::forwarding(&ends, &self.node);
         ends[side.index()] = Some(record.clone());
         let (stale, fresh) = pairing::rewire(&before, &pairing::forwarding(&ends, &self.node));
@@ -190,6 +193,28 @@ impl Attach<'_> {
         self.result.interfaces.push(interface(ifname.into(), pod_end.mac, Some(self.env.netns.clone())));
         let pod_index = u32::try_from(self.result.interfaces.len() - 1).expect("a handful of interfaces");
         self.result.ips.extend(end.ips.iter().map(|ip| IpConfig { interface: Some(pod_index), address: *ip, gateway: None }));
+        Ok(())
+    }
+}
+
+impl Attach<'_> {
+    /// A peer on this node whose host veth is not the one its ADD made (its
+    /// netns went away without a DEL, or the node rebooted) is forgotten
+    /// rather than wired to: its ifindex is dead, or names another interface
+    /// now. It is attached again when its pod comes back.
+    async fn forget_dead_peer(
+        &mut self,
+        tx: &mut impl Transaction,
+        link: &Link,
+        peer_side: Side,
+        ends: &mut [Option<EndRecord>; 2],
+    ) -> Result<(), CniError> {
+        let Some(peer) = &ends[peer_side.index()] else { return Ok(()) };
+        if peer.node != self.node || del::is_live(self.host, peer).await? {
+            return Ok(());
+        }
+        del::release(tx, self.host, Some(self.dataplane), &link.id(), peer_side, None).await?;
+        ends[peer_side.index()] = None;
         Ok(())
     }
 }

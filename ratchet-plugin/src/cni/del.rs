@@ -4,6 +4,11 @@
 //! so the peer is waiting again before the interface disappears, and no
 //! frame is ever redirected to a dead ifindex. Everything already gone
 //! (netns, veth, map entry, record) counts as done, so DEL can be repeated.
+//!
+//! A record whose host veth is no longer the one its ADD made is not torn
+//! down by ifindex (after a reboot that ifindex may name another interface),
+//! and map entries are only removed from the maps they were written to: a
+//! record from before the pins were made afresh has none in the new ones.
 
 use super::{Config, env::CniEnv, error::CniError};
 use crate::{
@@ -17,6 +22,13 @@ use crate::{
     topology::Side,
 };
 
+/// An end DEL, GC or a new ADD let go of.
+pub struct Released {
+    pub record: EndRecord,
+    /// Its host veth was still the one ADD made, so there is something to tear down.
+    pub live: bool,
+}
+
 /// Returns the ends it released (none for a container ratchet never served).
 pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
@@ -28,31 +40,39 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     }
     // After a reboot the pins are gone and there is nothing to unwire.
     let mut dataplane = Dataplane::open(&settings.pin_root)?;
+    let host = Netlink::host()?;
     let mut released = Vec::with_capacity(refs.len());
     for end in refs {
         let holder = Some(env.container_id.as_str());
-        released.extend(release(&mut tx, dataplane.as_mut(), &end.link, end.side, holder)?);
+        released.extend(release(&mut tx, &host, dataplane.as_mut(), &end.link, end.side, holder).await?);
     }
     records::put_container_ends(&mut tx, &env.container_id, &[])?;
     tx.commit()?;
-    let host = Netlink::host()?;
-    for record in &released {
-        teardown(&host, dataplane.as_ref(), record).await?;
+    for end in &released {
+        teardown(&host, dataplane.as_ref(), end).await?;
     }
-    Ok(released)
+    Ok(released.into_iter().map(|end| end.record).collect())
+}
+
+/// True when the record's host veth is still the one its ADD made: same
+/// name, same ifindex. After a reboot it is not.
+pub async fn is_live(host: &Netlink, record: &EndRecord) -> Result<bool, CniError> {
+    let found = host.link_by_name(&record.host_ifname).await?;
+    Ok(found.is_some_and(|link| link.index == record.host_ifindex))
 }
 
 /// Unwires one attached end and forgets it: both directions stop forwarding,
 /// its counters go, and its container no longer lists it. With `holder`, only
-/// an end that container holds. Returns the record so the caller can delete
-/// the veth once the transaction is committed.
-pub fn release(
+/// an end that container holds. The caller tears the veth down once the
+/// transaction is committed.
+pub async fn release(
     tx: &mut impl Transaction,
+    host: &Netlink,
     dataplane: Option<&mut Dataplane>,
     link: &str,
     side: Side,
     holder: Option<&str>,
-) -> Result<Option<EndRecord>, CniError> {
+) -> Result<Option<Released>, CniError> {
     let mut ends = records::ends(tx, link)?;
     let Some(record) = ends[side.index()].clone() else {
         return Ok(None);
@@ -60,9 +80,10 @@ pub fn release(
     if holder.is_some_and(|holder| holder != record.container_id) {
         return Ok(None);
     }
+    let live = is_live(host, &record).await?;
     let before = pairing::forwarding(&ends, &record.node);
     ends[side.index()] = None;
-    if let Some(dataplane) = dataplane {
+    if let Some(dataplane) = dataplane.filter(|dataplane| dataplane.generation() == record.dataplane) {
         let (stale, _) = pairing::rewire(&before, &pairing::forwarding(&ends, &record.node));
         for from in stale {
             dataplane.unforward(from)?;
@@ -73,16 +94,19 @@ pub fn release(
     let mut held = records::container_ends(tx, &record.container_id)?;
     held.retain(|end| !(end.link == link && end.side == side));
     records::put_container_ends(tx, &record.container_id, &held)?;
-    Ok(Some(record))
+    Ok(Some(Released { record, live }))
 }
 
-/// Deletes a released end's veth (the pod end goes with it) and its tcx
-/// link pin, if it had one. By ifindex: a new ADD may already have made a
-/// veth with the same name.
-pub async fn teardown(host: &Netlink, dataplane: Option<&Dataplane>, record: &EndRecord) -> Result<(), CniError> {
-    if let Some(dataplane) = dataplane {
-        dataplane.detach_tcx(&record.host_ifname)?;
+/// Deletes a released live end's veth (the pod end goes with it) and its
+/// tcx link pin, if it had one. By ifindex: a new ADD may already have made
+/// a veth with the same name.
+pub async fn teardown(host: &Netlink, dataplane: Option<&Dataplane>, end: &Released) -> Result<(), CniError> {
+    if !end.live {
+        return Ok(());
     }
-    host.delete_link(record.host_ifindex).await?;
+    if let Some(dataplane) = dataplane {
+        dataplane.detach_tcx(&end.record.host_ifname)?;
+    }
+    host.delete_link(end.record.host_ifindex).await?;
     Ok(())
 }

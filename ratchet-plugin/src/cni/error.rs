@@ -50,7 +50,7 @@ pub enum CniError {
     PodNotInTopology { pod: String },
     #[error("interface {ifname} already exists in netns {netns}")]
     IfNameTaken { ifname: String, netns: String },
-    #[error("{role} plugin {plugin}: {}", .error.details())]
+    #[error("{role} plugin {plugin}: {}", delegate_said(.error))]
     Delegate { role: &'static str, plugin: String, error: WireError },
     #[error("{role} plugin {plugin}: {reason}")]
     DelegateFailed { role: &'static str, plugin: String, reason: String },
@@ -88,4 +88,9 @@ impl CniError {
             CniError::NotAvailable { limited: true, .. } => WireError::PluginNotAvailableLimitedConnectivity(details),
         }
     }
+}
+
+/// What a delegate's error says: its details, or its message when it gave none.
+fn delegate_said(error: &WireError) -> &str {
+    if error.details().is_empty() { error.msg() } else { error.details() }
 }

@@ -36,19 +36,18 @@ pub async fn gc(config: &Config) -> Vec<String> {
         Ok(store) => store,
         Err(e) => return vec![e.to_string()],
     };
-    let (released, kept) = match release_invalid(&mut store, dataplane.as_mut(), &valid, &mut errors) {
+    let host = match Netlink::host() {
+        Ok(host) => host,
+        Err(e) => return vec![e.to_string()],
+    };
+    let (released, kept) = match release_invalid(&mut store, &host, dataplane.as_mut(), &valid, &mut errors).await {
         Ok(done) => done,
         Err(e) => return vec![e.to_string()],
     };
-    match Netlink::host() {
-        Ok(host) => {
-            for record in &released {
-                if let Err(e) = del::teardown(&host, dataplane.as_ref(), record).await {
-                    errors.push(e.to_string());
-                }
-            }
+    for end in &released {
+        if let Err(e) = del::teardown(&host, dataplane.as_ref(), end).await {
+            errors.push(e.to_string());
         }
-        Err(e) => errors.push(e.to_string()),
     }
     if let Some(dataplane) = &mut dataplane {
         remove_unrecorded_entries(dataplane, &kept, &mut errors);
@@ -58,12 +57,13 @@ pub async fn gc(config: &Config) -> Vec<String> {
 
 /// Releases every end not in `valid`; returns the released records and the
 /// host ifindexes of the ends that stay.
-fn release_invalid(
+async fn release_invalid(
     store: &mut EmbeddedStore,
+    host: &Netlink,
     mut dataplane: Option<&mut Dataplane>,
     valid: &HashSet<(&str, &str)>,
     errors: &mut Vec<String>,
-) -> Result<(Vec<records::EndRecord>, HashSet<u32>), CniError> {
+) -> Result<(Vec<del::Released>, HashSet<u32>), CniError> {
     let mut tx = store.begin()?;
     let mut released = Vec::new();
     let mut kept = HashSet::new();
@@ -72,7 +72,7 @@ fn release_invalid(
             kept.insert(record.host_ifindex);
             continue;
         }
-        match del::release(&mut tx, dataplane.as_deref_mut(), &link, side, Some(&record.container_id)) {
+        match del::release(&mut tx, host, dataplane.as_deref_mut(), &link, side, Some(&record.container_id)).await {
             Ok(found) => released.extend(found),
             Err(e) => errors.push(format!("link {link} end {}: {e}", side.as_str())),
         }

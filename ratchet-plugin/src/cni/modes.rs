@@ -69,7 +69,7 @@ pub async fn check(config: &Config, env: &CniEnv) -> Result<(), CniError> {
 }
 
 pub async fn status(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
-    status::status(config)?;
+    status::status(config).await?;
     for delegate in node_delegates(config)? {
         delegate.call_node_verb("STATUS", path, None)?;
     }

@@ -7,25 +7,29 @@
 //! would not send while the plugin is not ready. Pins gone while ends are
 //! attached is error 51: those links still forward, but cannot be changed.
 
-use super::{Config, error::CniError};
+use super::{Config, del, error::CniError};
 use crate::{
     dataplane::Dataplane,
+    netlink::Netlink,
     store::{EmbeddedStore, Store, records},
 };
 
-pub fn status(config: &Config) -> Result<(), CniError> {
+pub async fn status(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
-    // An end counts as attached while its host veth is still there (same
-    // name, same ifindex): after a reboot the store still holds records
-    // until DEL or GC, but no filter reads the old maps any more.
-    let node = settings.node();
-    let still_there = |end: &records::EndRecord| {
-        let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", end.host_ifname));
-        end.node == node && ifindex.is_ok_and(|i| i.trim().parse() == Ok(end.host_ifindex))
-    };
-    let attached = EmbeddedStore::open(&settings.state_dir)
-        .and_then(|mut store| Ok(records::all_ends(&mut store.begin()?)?.into_iter().filter(|(_, _, end)| still_there(end)).count()))
+    let ends = EmbeddedStore::open(&settings.state_dir)
+        .and_then(|mut store| records::all_ends(&mut store.begin()?))
         .map_err(|e| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") })?;
+    // An end counts as attached while its host veth is still the one ADD
+    // made: after a reboot the store still holds records until DEL or GC,
+    // but no filter reads the old maps any more.
+    let host = Netlink::host()?;
+    let node = settings.node();
+    let mut attached = 0;
+    for (_, _, end) in &ends {
+        if end.node == node && del::is_live(&host, end).await? {
+            attached += 1;
+        }
+    }
     let pinned = Dataplane::open(&settings.pin_root).map_err(|e| CniError::NotAvailable { limited: attached > 0, reason: e.to_string() })?;
     if pinned.is_none() && attached > 0 {
         // Loading afresh would give new maps that the attached ends' filters

@@ -26,6 +26,10 @@ pub struct EndRecord {
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub node: String,
+    /// The [`crate::dataplane::Dataplane::generation`] its map entries were
+    /// written in; entries of an older generation died with their maps.
+    #[serde(default)]
+    pub dataplane: u32,
 }
 
 /// A link end a container attached, as listed under its container id.
