@@ -18,37 +18,50 @@ use rscni_types::{
 };
 use serde_json::Value;
 
-use crate::cni::{env::CniEnv, error::CniError};
+use crate::cni::{SUPPORTED_VERSIONS, env::CniEnv, error::CniError};
 
-/// One delegated network.
+/// One delegated network: a single plugin config, or a conflist whose
+/// plugins run in order (ADD, CHECK) or in reverse (DEL), each ADD getting
+/// the one before's result as `prevResult`, as libcni runs them.
 pub struct Delegate {
     /// `delegate` or `boot_network`: which key of our config it came from.
     role: &'static str,
-    plugin: String,
-    config: Value,
+    plugins: Vec<Plugin>,
     version: SpecVersion,
 }
 
+/// One plugin of a delegate: its `type` and its config, `name` and
+/// `cniVersion` filled in.
+struct Plugin {
+    kind: String,
+    config: Value,
+}
+
 impl Delegate {
-    /// Reads a delegate config from our config's `role` key.
+    /// Reads a delegate config (or conflist) from our config's `role` key.
     pub fn new(role: &'static str, raw: &Value, parent: &Value) -> Result<Self, CniError> {
-        let invalid = |reason: &str| CniError::Config { key: role.into(), reason: reason.into() };
-        let mut config = raw.clone();
-        let object = config.as_object_mut().ok_or_else(|| invalid("must be a CNI network config (an object)"))?;
-        let plugin = object.get("type").and_then(Value::as_str).ok_or_else(|| invalid("has no \"type\""))?.to_owned();
-        if plugin.is_empty() || plugin.contains('/') {
-            return Err(invalid("\"type\" must be a plugin name, not a path"));
-        }
-        for key in ["name", "cniVersion"] {
-            if !object.contains_key(key) {
-                object.insert(key.into(), parent[key].clone());
-            }
-        }
-        let version = object["cniVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| invalid("has a cniVersion that is not a version"))?;
-        Ok(Self { role, plugin, config, version })
+        let invalid = |reason: String| CniError::Config { key: role.into(), reason };
+        let object = raw.as_object().ok_or_else(|| invalid("must be a CNI network config or conflist (an object)".into()))?;
+        let name = object.get("name").unwrap_or(&parent["name"]).clone();
+        let version = list_version(object, parent).map_err(invalid)?;
+        let configs = match object.get("plugins") {
+            Some(Value::Array(plugins)) if !plugins.is_empty() => plugins.clone(),
+            Some(_) => return Err(invalid("\"plugins\" must be a non-empty list".into())),
+            None => vec![raw.clone()],
+        };
+        let plugins = configs
+            .into_iter()
+            .map(|mut config| {
+                let kind = config.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+                if kind.is_empty() || kind.contains('/') {
+                    return Err(invalid("every plugin needs a \"type\" that is a plugin name, not a path".into()));
+                }
+                config["name"] = name.clone();
+                config["cniVersion"] = Value::String(version.to_string());
+                Ok(Plugin { kind, config })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { role, plugins, version })
     }
 
     /// The `cniVersion` the delegate speaks.
@@ -61,26 +74,41 @@ impl Delegate {
         self.version >= SpecVersion::new(1, 1, 0)
     }
 
-    /// ADD: the delegate's result, in its own version's layout, read as ours.
+    /// ADD: the (last) plugin's result, in its version's layout, read as ours.
     pub fn add(&self, env: &CniEnv) -> Result<CNIResult, CniError> {
-        let output = self.call("ADD", &Self::identity(env), &env.path, None)?;
-        serde_json::from_value(output.unwrap_or_default()).map_err(|e| self.failed(format!("its ADD result does not decode: {e}")))
+        let mut prev: Option<Value> = None;
+        for plugin in &self.plugins {
+            let inject = prev.as_ref().map(|prev| ("prevResult", prev));
+            prev = self.call(plugin, "ADD", &Self::identity(env), &env.path, inject)?;
+        }
+        let last = self.plugins.last().expect("at least one plugin");
+        serde_json::from_value(prev.unwrap_or_default())
+            .map_err(|e| self.failed(last, format!("its ADD result does not decode: {e}")))
     }
 
     pub fn del(&self, env: &CniEnv, prev_result: Option<&Value>) -> Result<(), CniError> {
         let inject = prev_result.map(|prev| ("prevResult", prev));
-        self.call("DEL", &Self::identity(env), &env.path, inject).map(drop)
+        for plugin in self.plugins.iter().rev() {
+            self.call(plugin, "DEL", &Self::identity(env), &env.path, inject)?;
+        }
+        Ok(())
     }
 
     pub fn check(&self, env: &CniEnv, prev_result: Option<&Value>) -> Result<(), CniError> {
         let inject = prev_result.map(|prev| ("prevResult", prev));
-        self.call("CHECK", &Self::identity(env), &env.path, inject).map(drop)
+        for plugin in &self.plugins {
+            self.call(plugin, "CHECK", &Self::identity(env), &env.path, inject)?;
+        }
+        Ok(())
     }
 
     /// STATUS or GC: no container, only `CNI_PATH`; `inject` goes into the
     /// config (GC's valid attachments).
     pub fn call_node_verb(&self, command: &str, path: &[PathBuf], inject: Option<(&str, &Value)>) -> Result<(), CniError> {
-        self.call(command, &[], path, inject).map(drop)
+        for plugin in &self.plugins {
+            self.call(plugin, command, &[], path, inject)?;
+        }
+        Ok(())
     }
 
     fn identity(env: &CniEnv) -> Vec<(&'static str, String)> {
@@ -96,18 +124,19 @@ impl Delegate {
     /// Runs the plugin for one verb; its stdout as JSON, if it printed any.
     fn call(
         &self,
+        plugin: &Plugin,
         command: &str,
         identity: &[(&'static str, String)],
         path: &[PathBuf],
         inject: Option<(&str, &Value)>,
     ) -> Result<Option<Value>, CniError> {
-        let binary = find_plugin(&self.plugin, path)
-            .ok_or_else(|| self.failed(format!("plugin {:?} is not in CNI_PATH {path:?}", self.plugin)))?;
-        let mut config = self.config.clone();
+        let binary = find_plugin(&plugin.kind, path)
+            .ok_or_else(|| self.failed(plugin, format!("plugin {:?} is not in CNI_PATH {path:?}", plugin.kind)))?;
+        let mut config = plugin.config.clone();
         if let Some((key, value)) = inject {
             config[key] = value.clone();
         }
-        let joined = std::env::join_paths(path).map_err(|e| self.failed(e.to_string()))?;
+        let joined = std::env::join_paths(path).map_err(|e| self.failed(plugin, e.to_string()))?;
         let mut child = Command::new(&binary)
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -117,11 +146,11 @@ impl Delegate {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| self.failed(format!("cannot run {}: {e}", binary.display())))?;
+            .map_err(|e| self.failed(plugin, format!("cannot run {}: {e}", binary.display())))?;
         let stdin = serde_json::to_vec(&config).expect("JSON values serialize");
         // A plugin that exits without reading its stdin is judged by its exit.
         let _ = child.stdin.take().expect("piped").write_all(&stdin);
-        let output = child.wait_with_output().map_err(|e| self.failed(format!("waiting for {}: {e}", binary.display())))?;
+        let output = child.wait_with_output().map_err(|e| self.failed(plugin, format!("waiting for {}: {e}", binary.display())))?;
         let stdout: Option<Value> = serde_json::from_slice(&output.stdout).ok();
         if output.status.success() {
             return Ok(stdout);
@@ -135,15 +164,27 @@ impl Delegate {
                 let error = rscni_types::error::Error::from(error);
                 let msg = raw["msg"].as_str().map_or_else(|| error.msg().to_owned(), str::to_owned);
                 let error = rscni_types::error::Error::Custom(u32::from(&error), msg, error.details().to_owned());
-                CniError::Delegate { role: self.role, plugin: self.plugin.clone(), error }
+                CniError::Delegate { role: self.role, plugin: plugin.kind.clone(), error }
             }
-            None => self.failed(format!("{command} exited with {}: {}", output.status, stderr.trim())),
+            None => self.failed(plugin, format!("{command} exited with {}: {}", output.status, stderr.trim())),
         })
     }
 
-    fn failed(&self, reason: String) -> CniError {
-        CniError::DelegateFailed { role: self.role, plugin: self.plugin.clone(), reason }
+    fn failed(&self, plugin: &Plugin, reason: String) -> CniError {
+        CniError::DelegateFailed { role: self.role, plugin: plugin.kind.clone(), reason }
     }
+}
+
+/// The version a delegate speaks: a conflist's highest `cniVersions` entry
+/// that ratchet supports too (spec 1.1), else its `cniVersion`, else ours.
+fn list_version(object: &serde_json::Map<String, Value>, parent: &Value) -> Result<SpecVersion, String> {
+    let parse = |v: &Value| v.as_str().and_then(|v| v.parse::<SpecVersion>().ok());
+    if let Some(listed) = object.get("cniVersions").and_then(Value::as_array) {
+        let usable = listed.iter().filter_map(parse).filter(|v| SUPPORTED_VERSIONS.contains(v)).max();
+        return usable.ok_or_else(|| format!("none of its cniVersions {listed:?} is one ratchet speaks"));
+    }
+    let declared = object.get("cniVersion").unwrap_or(&parent["cniVersion"]);
+    parse(declared).ok_or_else(|| format!("cniVersion {declared} is not a version"))
 }
 
 fn find_plugin(name: &str, path: &[PathBuf]) -> Option<PathBuf> {

@@ -445,3 +445,36 @@ fn del_with_a_boot_network_is_repeatable_with_an_empty_netns() {
     assert!(bridge.ports().is_empty() && ipam.allocated(NETWORK).is_empty());
     nothing_of_ratchets(&node, &alpha, &l1, "in1");
 }
+
+#[test]
+fn a_conflist_delegate_runs_its_plugins_in_order_at_its_best_version() {
+    let node = Node::new();
+    let (bridge, ipam) = (Bridge::new(), HostLocal::new("10.152.10.0/24"));
+    let mut config = node.config();
+    let first = bridge_conf(&bridge, &ipam, None);
+    // tuning only works on a prevResult: it proves bridge's result reached it.
+    config["delegate"] = json!({"name": "plain-list", "cniVersions": ["0.4.0", "1.0.0", "9.9.9"],
+        "plugins": [first, {"type": "tuning", "mtu": 1400}]});
+    let pod = Pod::new("default", "plain");
+
+    let added = node.call_pod("ADD", &pod, &config);
+    assert!(added.success, "ADD through a conflist delegate: {}", added.stdout);
+    assert_eq!(names(&added.json).len(), 3, "{}", added.json);
+    assert_eq!(pod.link("eth0").unwrap()["mtu"], 1400, "tuning ran after bridge, on its result");
+    let address = bare(&added.json["ips"][0]["address"]);
+    assert_eq!(ipam.allocated("plain-list"), [address], "the list's name reached bridge's IPAM");
+
+    node.check(&pod, &config, &added.json).assert_silent_success("CHECK through the conflist");
+    node.call_pod("DEL", &pod, &with_prev_result(&config, &added.json)).assert_silent_success("DEL through the conflist");
+    assert!(bridge.ports().is_empty(), "bridge's veth is gone");
+    assert!(ipam.allocated("plain-list").is_empty(), "the address is released");
+}
+
+#[test]
+fn a_conflist_delegate_with_no_version_ratchet_speaks_is_refused() {
+    let node = Node::new();
+    let mut config = node.config();
+    config["delegate"] = json!({"name": "x", "cniVersions": ["9.9.9"], "plugins": [{"type": "bridge"}]});
+    let pod = Pod::new("default", "plain");
+    node.call_pod("ADD", &pod, &config).assert_error(7, &["delegate", "9.9.9"]);
+}
