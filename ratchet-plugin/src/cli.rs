@@ -69,32 +69,33 @@ enum TopologyCommand {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
-        Command::Topology(command) => topology(&cli.state_dir, command),
-        Command::Links { json } => links(&cli.state_dir, &cli.pin_root, json),
+        Command::Topology(command) => runtime.block_on(topology(&cli.state_dir, command)),
+        Command::Links { json } => runtime.block_on(links(&cli.state_dir, &cli.pin_root, json)),
         Command::Trace => crate::trace::run(&cli.pin_root),
-        Command::Unload { force } => unload(&cli.state_dir, &cli.pin_root, force),
+        Command::Unload { force } => runtime.block_on(unload(&cli.state_dir, &cli.pin_root, force)),
     }
 }
 
-fn topology(state_dir: &std::path::Path, command: TopologyCommand) -> anyhow::Result<()> {
+async fn topology(state_dir: &std::path::Path, command: TopologyCommand) -> anyhow::Result<()> {
     let mut store = EmbeddedStore::open(state_dir)?;
-    let mut tx = store.begin()?;
+    let mut tx = store.begin().await?;
     match command {
         TopologyCommand::Apply { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let topology = Topology::from_json(&text).with_context(|| format!("in {}", file.display()))?;
-            records::put_topology(&mut tx, &topology)?;
-            tx.commit()?;
+            records::put_topology(&mut tx, &topology).await?;
+            tx.commit().await?;
             println!("applied {} link(s)", topology.links.len());
         }
         TopologyCommand::Show => {
-            let topology = records::topology(&mut tx)?;
+            let topology = records::topology(&mut tx).await?;
             println!("{}", serde_json::to_string_pretty(&topology)?);
         }
         TopologyCommand::Delete => {
-            records::put_topology(&mut tx, &Topology::default())?;
-            tx.commit()?;
+            records::put_topology(&mut tx, &Topology::default()).await?;
+            tx.commit().await?;
             println!("topology deleted");
         }
     }
@@ -123,15 +124,15 @@ struct EndView {
     drops: u64,
 }
 
-fn links(state_dir: &std::path::Path, pin_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+async fn links(state_dir: &std::path::Path, pin_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let mut store = EmbeddedStore::open(state_dir)?;
-    let mut tx = store.begin()?;
+    let mut tx = store.begin().await?;
     let dataplane = Dataplane::open(pin_root)?;
     let mut by_link: BTreeMap<String, [Option<records::EndRecord>; 2]> = BTreeMap::new();
-    for link in records::topology(&mut tx)?.links {
+    for link in records::topology(&mut tx).await?.links {
         by_link.entry(link.id()).or_default();
     }
-    for (link, side, record) in records::all_ends(&mut tx)? {
+    for (link, side, record) in records::all_ends(&mut tx).await? {
         by_link.entry(link).or_default()[side.index()] = Some(record);
     }
     drop(tx);
@@ -202,9 +203,9 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
     Ok(())
 }
 
-fn unload(state_dir: &std::path::Path, pin_root: &std::path::Path, force: bool) -> anyhow::Result<()> {
+async fn unload(state_dir: &std::path::Path, pin_root: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let mut store = EmbeddedStore::open(state_dir)?;
-    let attached = records::all_ends(&mut store.begin()?)?.len();
+    let attached = records::all_ends(&mut store.begin().await?).await?.len();
     if attached > 0 && !force {
         anyhow::bail!("{attached} link end(s) are attached; delete their pods first, or pass --force");
     }

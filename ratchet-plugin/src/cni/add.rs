@@ -26,14 +26,14 @@ use crate::{
 };
 
 /// True when the topology gives `pod` at least one link.
-pub fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniError> {
+pub async fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniError> {
     let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
-    let mut tx = store.begin()?;
+    let mut tx = store.begin().await?;
     if let Some(topology) = &config.settings.topology {
-        records::ensure_topology(&mut tx, topology)?;
+        records::ensure_topology(&mut tx, topology).await?;
     }
-    let linked = !records::links_of_pod(&mut tx, pod)?.is_empty();
-    tx.commit()?;
+    let linked = !records::links_of_pod(&mut tx, pod).await?.is_empty();
+    tx.commit().await?;
     Ok(linked)
 }
 
@@ -52,8 +52,8 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
         return Err(CniError::IfNameTaken { ifname: env.ifname.clone(), netns: env.netns.clone() });
     }
 
-    let mut tx = store.begin()?;
-    let links = records::links_of_pod(&mut tx, &pod)?;
+    let mut tx = store.begin().await?;
+    let links = records::links_of_pod(&mut tx, &pod).await?;
     if links.is_empty() {
         return Err(CniError::PodNotInTopology { pod: pod.to_string() });
     }
@@ -62,11 +62,11 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
     // their veths can go before ours take the same names.
     let stale = release_held_ends(&mut tx, &host, &mut dataplane, &links, &pod).await?;
     if !stale.is_empty() {
-        tx.commit()?;
+        tx.commit().await?;
         for end in &stale {
             del::teardown(&host, Some(&dataplane), end).await?;
         }
-        tx = store.begin()?;
+        tx = store.begin().await?;
     }
 
     let mut attach = Attach {
@@ -81,7 +81,10 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
         result: CNIResult::default(),
     };
     let attached = attach.all(&mut tx, &links, &pod).await;
-    let committed = attached.and_then(|()| tx.commit().map_err(CniError::from));
+    let committed = match attached {
+        Ok(()) => tx.commit().await.map_err(CniError::from),
+        Err(error) => Err(error),
+    };
     match committed {
         Ok(()) => Ok(attach.result),
         Err(error) => {
@@ -124,7 +127,7 @@ struct Attach<'a> {
 
 impl Attach<'_> {
     async fn all(&mut self, tx: &mut impl Transaction, links: &[Link], pod: &PodRef) -> Result<(), CniError> {
-        let mut held = records::container_ends(tx, &self.env.container_id)?;
+        let mut held = records::container_ends(tx, &self.env.container_id).await?;
         for link in links {
             for side in link.sides_of(pod) {
                 self.end(tx, link, side).await?;
@@ -132,7 +135,7 @@ impl Attach<'_> {
                 held.push(EndRef { link: link.id(), side });
             }
         }
-        records::put_container_ends(tx, &self.env.container_id, &held)?;
+        records::put_container_ends(tx, &self.env.container_id, &held).await?;
         Ok(())
     }
 
@@ -175,7 +178,7 @@ impl Attach<'_> {
             node: self.node.clone(),
             dataplane: self.dataplane.generation(),
         };
-        let mut ends = records::ends(tx, &link.id())?;
+        let mut ends = records::ends(tx, &link.id()).await?;
         self.forget_dead_peer(tx, link, side.other(), &mut ends).await?;
         let before = pairing::forwarding(&ends, &self.node);
         ends[side.index()] = Some(record.clone());
@@ -187,7 +190,7 @@ impl Attach<'_> {
             self.dataplane.forward(forward.from, forward.to)?;
             self.made.forwards.push(forward.from);
         }
-        records::put_end(tx, &link.id(), side, &record)?;
+        records::put_end(tx, &link.id(), side, &record).await?;
 
         self.result.interfaces.push(interface(host_ifname, veth.mac, None));
         self.result.interfaces.push(interface(ifname.into(), pod_end.mac, Some(self.env.netns.clone())));

@@ -33,7 +33,7 @@ struct Attached {
 /// gave this container nothing, e.g. a pod passed to a delegate).
 pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
-    let attached = read_attached(config, env)?;
+    let attached = read_attached(config, env).await?;
     if attached.is_empty() {
         return Ok(Vec::new());
     }
@@ -51,16 +51,16 @@ pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniE
     Ok(attached.into_iter().map(|end| end.record).collect())
 }
 
-fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, CniError> {
+async fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, CniError> {
     let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
-    let mut tx = store.begin()?;
+    let mut tx = store.begin().await?;
     let mut attached = Vec::new();
-    for held in records::container_ends(&mut tx, &env.container_id)? {
-        let ends = records::ends(&mut tx, &held.link)?;
+    for held in records::container_ends(&mut tx, &env.container_id).await? {
+        let ends = records::ends(&mut tx, &held.link).await?;
         let Some(record) = ends[held.side.index()].clone().filter(|r| r.container_id == env.container_id) else {
             continue;
         };
-        let link = records::link(&mut tx, &held.link)?;
+        let link = records::link(&mut tx, &held.link).await?;
         attached.push(Attached { side: held.side, record, link, ends });
     }
     Ok(attached)

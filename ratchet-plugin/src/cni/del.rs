@@ -33,8 +33,8 @@ pub struct Released {
 pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
     let mut store = EmbeddedStore::open(&settings.state_dir)?;
-    let mut tx = store.begin()?;
-    let refs = records::container_ends(&mut tx, &env.container_id)?;
+    let mut tx = store.begin().await?;
+    let refs = records::container_ends(&mut tx, &env.container_id).await?;
     if refs.is_empty() {
         return Ok(Vec::new());
     }
@@ -46,8 +46,8 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
         let holder = Some(env.container_id.as_str());
         released.extend(release(&mut tx, &host, dataplane.as_mut(), &end.link, end.side, holder).await?);
     }
-    records::put_container_ends(&mut tx, &env.container_id, &[])?;
-    tx.commit()?;
+    records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
+    tx.commit().await?;
     for end in &released {
         teardown(&host, dataplane.as_ref(), end).await?;
     }
@@ -73,7 +73,7 @@ pub async fn release(
     side: Side,
     holder: Option<&str>,
 ) -> Result<Option<Released>, CniError> {
-    let mut ends = records::ends(tx, link)?;
+    let mut ends = records::ends(tx, link).await?;
     let Some(record) = ends[side.index()].clone() else {
         return Ok(None);
     };
@@ -90,10 +90,10 @@ pub async fn release(
         }
         dataplane.untrack(record.host_ifindex)?;
     }
-    records::delete_end(tx, link, side)?;
-    let mut held = records::container_ends(tx, &record.container_id)?;
+    records::delete_end(tx, link, side).await?;
+    let mut held = records::container_ends(tx, &record.container_id).await?;
     held.retain(|end| !(end.link == link && end.side == side));
-    records::put_container_ends(tx, &record.container_id, &held)?;
+    records::put_container_ends(tx, &record.container_id, &held).await?;
     Ok(Some(Released { record, live }))
 }
 

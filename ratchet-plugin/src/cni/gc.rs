@@ -64,10 +64,10 @@ async fn release_invalid(
     valid: &HashSet<(&str, &str)>,
     errors: &mut Vec<String>,
 ) -> Result<(Vec<del::Released>, HashSet<u32>), CniError> {
-    let mut tx = store.begin()?;
+    let mut tx = store.begin().await?;
     let mut released = Vec::new();
     let mut kept = HashSet::new();
-    for (link, side, record) in records::all_ends(&mut tx)? {
+    for (link, side, record) in records::all_ends(&mut tx).await? {
         if valid.contains(&(record.container_id.as_str(), record.cni_ifname.as_str())) {
             kept.insert(record.host_ifindex);
             continue;
@@ -77,7 +77,7 @@ async fn release_invalid(
             Err(e) => errors.push(format!("link {link} end {}: {e}", side.as_str())),
         }
     }
-    tx.commit()?;
+    tx.commit().await?;
     Ok((released, kept))
 }
 

@@ -23,7 +23,7 @@ use crate::{delegate::Delegate, store::records::EndRecord};
 pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     warn_unused_seed_keys(config);
     let pod = env.pod()?;
-    if !add::pod_has_links(config, &pod)? {
+    if !add::pod_has_links(config, &pod).await? {
         if let Some(delegate) = delegate(config, "delegate")? {
             return delegate.add(env);
         }
@@ -54,7 +54,7 @@ pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
 
 pub async fn del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     let released = del::del(config, env).await?;
-    for delegate in delegates_for(config, env, !released.is_empty())? {
+    for delegate in delegates_for(config, env, !released.is_empty()).await? {
         delegate.del(env, prev_result_for(config, &delegate, &released).as_ref())?;
     }
     Ok(())
@@ -62,7 +62,7 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
 
 pub async fn check(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     let ours = check::check(config, env).await?;
-    for delegate in delegates_for(config, env, !ours.is_empty())? {
+    for delegate in delegates_for(config, env, !ours.is_empty()).await? {
         delegate.check(env, prev_result_for(config, &delegate, &ours).as_ref())?;
     }
     Ok(())
@@ -109,9 +109,9 @@ fn delegate(config: &Config, role: &'static str) -> Result<Option<Delegate>, Cni
 /// The delegate that served a container: the boot network when it holds (or
 /// should hold) links, else the ordinary delegate; both when the pod is
 /// unknown, since DEL and CHECK of a plugin that never saw it are harmless.
-fn delegates_for(config: &Config, env: &CniEnv, holds_links: bool) -> Result<Vec<Delegate>, CniError> {
+async fn delegates_for(config: &Config, env: &CniEnv, holds_links: bool) -> Result<Vec<Delegate>, CniError> {
     let linked = match env.pod() {
-        Ok(pod) => Some(holds_links || add::pod_has_links(config, &pod)?),
+        Ok(pod) => Some(holds_links || add::pod_has_links(config, &pod).await?),
         Err(_) => None,
     };
     let mut chosen = Vec::new();

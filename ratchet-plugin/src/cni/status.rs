@@ -11,14 +11,14 @@ use super::{Config, del, error::CniError};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
-    store::{EmbeddedStore, Store, records},
+    store::{EmbeddedStore, Store, StoreError, records},
 };
 
 pub async fn status(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
-    let ends = EmbeddedStore::open(&settings.state_dir)
-        .and_then(|mut store| records::all_ends(&mut store.begin()?))
-        .map_err(|e| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") })?;
+    let unanswered = |e: StoreError| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") };
+    let mut store = EmbeddedStore::open(&settings.state_dir).map_err(unanswered)?;
+    let ends = async { records::all_ends(&mut store.begin().await?).await }.await.map_err(unanswered)?;
     // An end counts as attached while its host veth is still the one ADD
     // made: after a reboot the store still holds records until DEL or GC,
     // but no filter reads the old maps any more.

@@ -47,7 +47,7 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     type Tx<'a> = EmbeddedTx<'a>;
 
-    fn begin(&mut self) -> Result<EmbeddedTx<'_>, StoreError> {
+    async fn begin(&mut self) -> Result<EmbeddedTx<'_>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -62,14 +62,14 @@ pub struct EmbeddedTx<'a> {
 }
 
 impl Transaction for EmbeddedTx<'_> {
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.tx
             .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| row.get(0))
             .optional()
             .map_err(|e| sql_error(self.path, e))
     }
 
-    fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         // Keys are ASCII, so U+10FFFF sorts after every key with this prefix.
         let end = format!("{prefix}\u{10FFFF}");
         let mut stmt = self
@@ -80,18 +80,18 @@ impl Transaction for EmbeddedTx<'_> {
         rows.and_then(Iterator::collect).map_err(|e| sql_error(self.path, e))
     }
 
-    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.tx
             .execute("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![key, value])
             .map(drop)
             .map_err(|e| sql_error(self.path, e))
     }
 
-    fn delete(&mut self, key: &str) -> Result<(), StoreError> {
+    async fn delete(&mut self, key: &str) -> Result<(), StoreError> {
         self.tx.execute("DELETE FROM kv WHERE key = ?1", [key]).map(drop).map_err(|e| sql_error(self.path, e))
     }
 
-    fn commit(self) -> Result<(), StoreError> {
+    async fn commit(self) -> Result<(), StoreError> {
         let path = self.path;
         self.tx.commit().map_err(|e| sql_error(path, e))
     }
@@ -114,48 +114,59 @@ mod tests {
         (dir, store)
     }
 
+    /// Runs a store test on a one-thread runtime, as the verbs run.
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
+
     #[test]
     fn commits_and_scans_by_prefix() {
+        block_on(async {
         let (_dir, mut store) = temp_store();
-        let mut tx = store.begin().unwrap();
-        tx.put("/r/a/1", b"one").unwrap();
-        tx.put("/r/a/2", b"two").unwrap();
-        tx.put("/r/b/1", b"other").unwrap();
-        tx.commit().unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.put("/r/a/1", b"one").await.unwrap();
+        tx.put("/r/a/2", b"two").await.unwrap();
+        tx.put("/r/b/1", b"other").await.unwrap();
+        tx.commit().await.unwrap();
 
-        let mut tx = store.begin().unwrap();
-        let keys: Vec<_> = tx.scan("/r/a/").unwrap().into_iter().map(|(k, _)| k).collect();
+        let mut tx = store.begin().await.unwrap();
+        let keys: Vec<_> = tx.scan("/r/a/").await.unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["/r/a/1", "/r/a/2"]);
-        tx.delete("/r/a/1").unwrap();
-        tx.delete("/r/never").unwrap();
-        assert_eq!(tx.get("/r/a/1").unwrap(), None);
+        tx.delete("/r/a/1").await.unwrap();
+        tx.delete("/r/never").await.unwrap();
+        assert_eq!(tx.get("/r/a/1").await.unwrap(), None);
+        });
     }
 
     #[test]
     fn dropping_rolls_back() {
+        block_on(async {
         let (_dir, mut store) = temp_store();
-        let mut tx = store.begin().unwrap();
-        tx.put("/k", b"v").unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.put("/k", b"v").await.unwrap();
         drop(tx);
-        assert_eq!(store.begin().unwrap().get("/k").unwrap(), None);
+        assert_eq!(store.begin().await.unwrap().get("/k").await.unwrap(), None);
+        });
     }
 
     #[test]
     fn a_second_writer_waits_for_the_first() {
+        block_on(async {
         let (dir, mut first) = temp_store();
-        let mut tx = first.begin().unwrap();
-        tx.put("/k", b"1").unwrap();
+        let mut tx = first.begin().await.unwrap();
+        tx.put("/k", b"1").await.unwrap();
         let path = dir.path().to_owned();
-        let second = std::thread::spawn(move || {
+        let second = std::thread::spawn(move || block_on(async {
             let mut store = EmbeddedStore::open(&path).unwrap();
-            let mut tx = store.begin().unwrap();
-            let seen = tx.get("/k").unwrap();
-            tx.put("/k", b"2").unwrap();
-            tx.commit().unwrap();
+            let mut tx = store.begin().await.unwrap();
+            let seen = tx.get("/k").await.unwrap();
+            tx.put("/k", b"2").await.unwrap();
+            tx.commit().await.unwrap();
             seen
-        });
+        }));
         std::thread::sleep(Duration::from_millis(100));
-        tx.commit().unwrap();
+        tx.commit().await.unwrap();
         assert_eq!(second.join().unwrap().as_deref(), Some(&b"1"[..]));
+        });
     }
 }

@@ -33,25 +33,28 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
 }
 
-/// A backend that can open exclusive transactions.
+/// A backend that can open transactions. The verbs run on one thread, so
+/// the futures need not be `Send`.
+#[allow(async_fn_in_trait)]
 pub trait Store {
     type Tx<'a>: Transaction
     where
         Self: 'a;
 
-    /// Starts a transaction that excludes every other writer until it is
-    /// committed or dropped (dropping rolls it back).
-    fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
+    /// Starts a transaction that excludes every other writer on this node
+    /// until it is committed or dropped (dropping rolls it back).
+    async fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
 }
 
 /// Reads and writes inside one transaction; nothing is visible to others
-/// before [`Transaction::commit`].
+/// before [`Transaction::commit`], and a commit applies all or nothing.
+#[allow(async_fn_in_trait)]
 pub trait Transaction {
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every key starting with `prefix`, in key order, with its value.
-    fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; removing a key that is not there is not an error.
-    fn delete(&mut self, key: &str) -> Result<(), StoreError>;
-    fn commit(self) -> Result<(), StoreError>;
+    async fn delete(&mut self, key: &str) -> Result<(), StoreError>;
+    async fn commit(self) -> Result<(), StoreError>;
 }

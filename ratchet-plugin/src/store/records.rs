@@ -39,16 +39,16 @@ pub struct EndRef {
     pub side: Side,
 }
 
-fn get_json<T: DeserializeOwned>(tx: &mut impl Transaction, key: &str) -> Result<Option<T>, StoreError> {
-    match tx.get(key)? {
+async fn get_json<T: DeserializeOwned>(tx: &mut impl Transaction, key: &str) -> Result<Option<T>, StoreError> {
+    match tx.get(key).await? {
         Some(bytes) => decode(key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
-fn put_json<T: Serialize>(tx: &mut impl Transaction, key: &str, value: &T) -> Result<(), StoreError> {
+async fn put_json<T: Serialize>(tx: &mut impl Transaction, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).expect("records always serialize");
-    tx.put(key, &bytes)
+    tx.put(key, &bytes).await
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -56,13 +56,13 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 }
 
 /// Replaces the whole topology. Attached ends stay: they are torn down by DEL.
-pub fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
-    for (key, _) in tx.scan(TOPOLOGY)? {
-        tx.delete(&key)?;
+pub async fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
+    for (key, _) in tx.scan(TOPOLOGY).await? {
+        tx.delete(&key).await?;
     }
     let mut by_pod: std::collections::BTreeMap<&PodRef, Vec<String>> = Default::default();
     for link in &topology.links {
-        put_json(tx, &format!("{LINKS}{}", link.id()), link)?;
+        put_json(tx, &format!("{LINKS}{}", link.id()), link).await?;
         for end in [&link.a, &link.b] {
             let ids = by_pod.entry(&end.pod).or_default();
             if !ids.contains(&link.id()) {
@@ -71,38 +71,38 @@ pub fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<()
         }
     }
     for (pod, ids) in by_pod {
-        put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids)?;
+        put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids).await?;
     }
     Ok(())
 }
 
 /// Makes `topology` the stored one, unless it already is (links compared
 /// in id order, the order the store keeps them in).
-pub fn ensure_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
+pub async fn ensure_topology(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
     let mut wanted = topology.links.clone();
     wanted.sort_by_key(Link::id);
-    if self::topology(tx)?.links != wanted {
-        put_topology(tx, topology)?;
+    if self::topology(tx).await?.links != wanted {
+        put_topology(tx, topology).await?;
     }
     Ok(())
 }
 
-pub fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
-    let links = tx.scan(LINKS)?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
+pub async fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
+    let links = tx.scan(LINKS).await?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
     Ok(Topology { links })
 }
 
-pub fn link(tx: &mut impl Transaction, id: &str) -> Result<Option<Link>, StoreError> {
-    get_json(tx, &format!("{LINKS}{id}"))
+pub async fn link(tx: &mut impl Transaction, id: &str) -> Result<Option<Link>, StoreError> {
+    get_json(tx, &format!("{LINKS}{id}")).await
 }
 
 /// The links that have an end in `pod`.
-pub fn links_of_pod(tx: &mut impl Transaction, pod: &PodRef) -> Result<Vec<Link>, StoreError> {
-    let ids: Vec<String> = get_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name))?.unwrap_or_default();
+pub async fn links_of_pod(tx: &mut impl Transaction, pod: &PodRef) -> Result<Vec<Link>, StoreError> {
+    let ids: Vec<String> = get_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name)).await?.unwrap_or_default();
     let mut links = Vec::with_capacity(ids.len());
     for id in ids {
         // The index and the links are written together, so a miss is corruption.
-        let link = link(tx, &id)?.ok_or_else(|| StoreError::Corrupt {
+        let link = link(tx, &id).await?.ok_or_else(|| StoreError::Corrupt {
             key: format!("{PODS}{}/{}", pod.namespace, pod.name),
             message: format!("names link {id}, which is not in the topology"),
         })?;
@@ -115,19 +115,19 @@ fn end_key(link: &str, side: Side) -> String {
     format!("{ENDS}{link}/{}", side.as_str())
 }
 
-pub fn end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<Option<EndRecord>, StoreError> {
-    get_json(tx, &end_key(link, side))
+pub async fn end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<Option<EndRecord>, StoreError> {
+    get_json(tx, &end_key(link, side)).await
 }
 
 /// Both ends of a link, A first.
-pub fn ends(tx: &mut impl Transaction, link: &str) -> Result<[Option<EndRecord>; 2], StoreError> {
-    Ok([end(tx, link, Side::A)?, end(tx, link, Side::B)?])
+pub async fn ends(tx: &mut impl Transaction, link: &str) -> Result<[Option<EndRecord>; 2], StoreError> {
+    Ok([end(tx, link, Side::A).await?, end(tx, link, Side::B).await?])
 }
 
 /// Every attached end, with its link id and side.
-pub fn all_ends(tx: &mut impl Transaction) -> Result<Vec<(String, Side, EndRecord)>, StoreError> {
+pub async fn all_ends(tx: &mut impl Transaction) -> Result<Vec<(String, Side, EndRecord)>, StoreError> {
     let mut out = Vec::new();
-    for (key, bytes) in tx.scan(ENDS)? {
+    for (key, bytes) in tx.scan(ENDS).await? {
         let parsed = key.strip_prefix(ENDS).and_then(|rest| rest.rsplit_once('/'));
         let (link, side) = match parsed {
             Some((link, "a")) => (link, Side::A),
@@ -139,20 +139,20 @@ pub fn all_ends(tx: &mut impl Transaction) -> Result<Vec<(String, Side, EndRecor
     Ok(out)
 }
 
-pub fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: &EndRecord) -> Result<(), StoreError> {
-    put_json(tx, &end_key(link, side), record)
+pub async fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: &EndRecord) -> Result<(), StoreError> {
+    put_json(tx, &end_key(link, side), record).await
 }
 
-pub fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<(), StoreError> {
-    tx.delete(&end_key(link, side))
+pub async fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<(), StoreError> {
+    tx.delete(&end_key(link, side)).await
 }
 
-pub fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Result<Vec<EndRef>, StoreError> {
-    Ok(get_json(tx, &format!("{CONTAINERS}{container_id}"))?.unwrap_or_default())
+pub async fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Result<Vec<EndRef>, StoreError> {
+    Ok(get_json(tx, &format!("{CONTAINERS}{container_id}")).await?.unwrap_or_default())
 }
 
 /// Records the ends a container holds; an empty list removes the record.
-pub fn put_container_ends(tx: &mut impl Transaction, container_id: &str, ends: &[EndRef]) -> Result<(), StoreError> {
+pub async fn put_container_ends(tx: &mut impl Transaction, container_id: &str, ends: &[EndRef]) -> Result<(), StoreError> {
     let key = format!("{CONTAINERS}{container_id}");
-    if ends.is_empty() { tx.delete(&key) } else { put_json(tx, &key, &ends) }
+    if ends.is_empty() { tx.delete(&key).await } else { put_json(tx, &key, &ends).await }
 }
