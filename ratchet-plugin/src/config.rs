@@ -111,10 +111,8 @@ fn default_pin_root() -> PathBuf {
 impl Settings {
     /// Reads ratchet's keys from the raw config, naming the key that is wrong.
     pub fn from_config(raw: &serde_json::Value) -> Result<Self, CniError> {
-        let settings: Self = serde_path_to_error::deserialize(raw).map_err(|e| CniError::Config {
-            key: e.path().to_string(),
-            reason: e.inner().to_string(),
-        })?;
+        let settings: Self = serde_path_to_error::deserialize(raw)
+            .map_err(|e| CniError::Config { key: e.path().to_string(), reason: e.inner().to_string() })?;
         if let Some(topology) = &settings.topology {
             topology.validate().map_err(|e| CniError::Config { key: "topology".into(), reason: e.to_string() })?;
         }

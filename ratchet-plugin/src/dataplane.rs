@@ -130,17 +130,22 @@ impl Dataplane {
                     other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source })?,
                 }
                 let options = TcAttachOptions::Netlink(NlOptions::default());
-                let id = self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+                let id =
+                    self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
                 // Dropping the link would delete the filter; the filter must
                 // outlive this process, and goes with the veth.
                 std::mem::forget(self.program.take_link(id).map_err(attach_error)?);
             }
             AttachMode::Tcx => {
                 let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-                let id = self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
-                let link: FdLink = self.program.take_link(id).map_err(attach_error)?.try_into().map_err(|source| {
-                    DataplaneError::Link { what: format!("tcx link of {ifname}"), source }
-                })?;
+                let id =
+                    self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+                let link: FdLink = self
+                    .program
+                    .take_link(id)
+                    .map_err(attach_error)?
+                    .try_into()
+                    .map_err(|source| DataplaneError::Link { what: format!("tcx link of {ifname}"), source })?;
                 let links = self.root.join(PIN_LINKS);
                 let pin_error = |source| DataplaneError::PinRoot { path: links.display().to_string(), source };
                 fs::DirBuilder::new().recursive(true).mode(0o700).create(&links).map_err(pin_error)?;
@@ -166,18 +171,15 @@ impl Dataplane {
 
     /// Frames entering host veth `from` go into the pod behind host veth `to`.
     pub fn forward(&mut self, from: u32, to: u32) -> Result<(), DataplaneError> {
-        self.peers.insert(from, Peer { ifindex: to }, 0).map_err(|source| DataplaneError::Map {
-            what: format!("{MAP_PEERS}[{from}] = {to}"),
-            source,
-        })
+        self.peers
+            .insert(from, Peer { ifindex: to }, 0)
+            .map_err(|source| DataplaneError::Map { what: format!("{MAP_PEERS}[{from}] = {to}"), source })
     }
 
     /// Frames entering `from` are dropped from now on. Missing is fine.
     pub fn unforward(&mut self, from: u32) -> Result<(), DataplaneError> {
-        ignore_missing(self.peers.remove(&from)).map_err(|source| DataplaneError::Map {
-            what: format!("remove {MAP_PEERS}[{from}]"),
-            source,
-        })
+        ignore_missing(self.peers.remove(&from))
+            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_PEERS}[{from}]"), source })
     }
 
     /// Where frames entering `from` go now, if anywhere.
@@ -212,16 +214,15 @@ impl Dataplane {
     pub fn track(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let map_error = |source| DataplaneError::Map { what: format!("{MAP_STATS}[{ifindex}] = 0"), source };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_error(MapError::from(e)))?;
-        let zeros = PerCpuValues::try_from(vec![EndStats::default(); cpus]).map_err(|e| map_error(MapError::from(e)))?;
+        let zeros =
+            PerCpuValues::try_from(vec![EndStats::default(); cpus]).map_err(|e| map_error(MapError::from(e)))?;
         self.stats.insert(ifindex, zeros, 0).map_err(map_error)
     }
 
     /// Stops counting for a host veth. Missing is fine.
     pub fn untrack(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        ignore_missing(self.stats.remove(&ifindex)).map_err(|source| DataplaneError::Map {
-            what: format!("remove {MAP_STATS}[{ifindex}]"),
-            source,
-        })
+        ignore_missing(self.stats.remove(&ifindex))
+            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_STATS}[{ifindex}]"), source })
     }
 
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
@@ -235,7 +236,8 @@ impl Dataplane {
 
     /// The loaded program's kernel id (for aya-log's reader).
     pub fn program_id(&self) -> Result<u32, DataplaneError> {
-        let info = self.program.info().map_err(|source| DataplaneError::Program { what: "program info".into(), source })?;
+        let info =
+            self.program.info().map_err(|source| DataplaneError::Program { what: "program info".into(), source })?;
         Ok(info.id())
     }
 

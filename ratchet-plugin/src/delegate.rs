@@ -41,7 +41,8 @@ impl Delegate {
     /// Reads a delegate config (or conflist) from our config's `role` key.
     pub fn new(role: &'static str, raw: &Value, parent: &Value) -> Result<Self, CniError> {
         let invalid = |reason: String| CniError::Config { key: role.into(), reason };
-        let object = raw.as_object().ok_or_else(|| invalid("must be a CNI network config or conflist (an object)".into()))?;
+        let object =
+            raw.as_object().ok_or_else(|| invalid("must be a CNI network config or conflist (an object)".into()))?;
         let name = object.get("name").unwrap_or(&parent["name"]).clone();
         let version = list_version(object, parent).map_err(invalid)?;
         let configs = match object.get("plugins") {
@@ -104,7 +105,12 @@ impl Delegate {
 
     /// STATUS or GC: no container, only `CNI_PATH`; `inject` goes into the
     /// config (GC's valid attachments).
-    pub fn call_node_verb(&self, command: &str, path: &[PathBuf], inject: Option<(&str, &Value)>) -> Result<(), CniError> {
+    pub fn call_node_verb(
+        &self,
+        command: &str,
+        path: &[PathBuf],
+        inject: Option<(&str, &Value)>,
+    ) -> Result<(), CniError> {
         for plugin in &self.plugins {
             self.call(plugin, command, &[], path, inject)?;
         }
@@ -150,7 +156,9 @@ impl Delegate {
         let stdin = serde_json::to_vec(&config).expect("JSON values serialize");
         // A plugin that exits without reading its stdin is judged by its exit.
         let _ = child.stdin.take().expect("piped").write_all(&stdin);
-        let output = child.wait_with_output().map_err(|e| self.failed(plugin, format!("waiting for {}: {e}", binary.display())))?;
+        let output = child
+            .wait_with_output()
+            .map_err(|e| self.failed(plugin, format!("waiting for {}: {e}", binary.display())))?;
         let stdout: Option<Value> = serde_json::from_slice(&output.stdout).ok();
         if output.status.success() {
             return Ok(stdout);

@@ -109,11 +109,16 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         let what = || format!("create veth {} <-> {}", spec.host_ifname, spec.pod_ifname);
-        self.handle.link().add(veth).execute().await.map_err(|source| NetlinkError::Request { what: what(), source })?;
-        let host = self.link_by_name(spec.host_ifname).await?.ok_or_else(|| NetlinkError::Request {
-            what: what(),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+        self.handle
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: what(), source })?;
+        let host = self
+            .link_by_name(spec.host_ifname)
+            .await?
+            .ok_or_else(|| NetlinkError::Request { what: what(), source: rtnetlink::Error::RequestFailed })?;
         // The kernel refuses the address-generation mode at creation, so it
         // is a second request, made before the link is up.
         let no_link_local = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
@@ -169,10 +174,10 @@ impl Netlink {
     pub async fn ingress_bpf_programs(&self, index: u32) -> Result<Vec<u32>, NetlinkError> {
         let ifindex = i32::try_from(index).expect("kernel ifindexes fit i32");
         let request = self.handle.traffic_filter(ifindex).get().ingress().execute();
-        let filters: Vec<_> = request
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::Request { what: format!("list ingress filters of ifindex {index}"), source })?;
+        let filters: Vec<_> = request.try_collect().await.map_err(|source| NetlinkError::Request {
+            what: format!("list ingress filters of ifindex {index}"),
+            source,
+        })?;
         let options = filters.into_iter().flat_map(|filter| filter.attributes).filter_map(|attr| match attr {
             TcAttribute::Options(options) => Some(options),
             _ => None,
@@ -194,7 +199,8 @@ impl Netlink {
 }
 
 fn link_info(msg: LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo { index: msg.header.index, mac: None, mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
+    let mut info =
+        LinkInfo { index: msg.header.index, mac: None, mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::Address(bytes) => info.mac = bytes.try_into().ok().map(MacAddr),
@@ -212,4 +218,3 @@ fn errno(error: &rtnetlink::Error) -> Option<i32> {
         _ => None,
     }
 }
-

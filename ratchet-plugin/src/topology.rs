@@ -23,7 +23,9 @@ pub enum TopologyError {
     BadLinkName(String),
     #[error("link {link}: MTU {mtu} is outside {min}..=65535")]
     BadMtu { link: String, mtu: u32, min: u32 },
-    #[error("link {link}: address {ip} is a network or has a /0 prefix; give a host address with its prefix, e.g. 10.0.0.1/24")]
+    #[error(
+        "link {link}: address {ip} is a network or has a /0 prefix; give a host address with its prefix, e.g. 10.0.0.1/24"
+    )]
     BadAddress { link: String, ip: IpNet },
     #[error("link {0}: both ends are the same pod interface")]
     SelfLink(String),

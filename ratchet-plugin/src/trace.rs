@@ -26,8 +26,9 @@ impl log::Log for Printer {
 }
 
 pub fn run(pin_root: &Path) -> anyhow::Result<()> {
-    let dataplane = Dataplane::open(pin_root)?
-        .with_context(|| format!("nothing is loaded under {}: no link was ever added on this node", pin_root.display()))?;
+    let dataplane = Dataplane::open(pin_root)?.with_context(|| {
+        format!("nothing is loaded under {}: no link was ever added on this node", pin_root.display())
+    })?;
     let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(dataplane.program_id()?, Printer)
         .context("opening the program's log buffer")?;
     dataplane.set_switches(Switches { trace: 1 })?;

@@ -24,7 +24,11 @@ pub fn ratchet_bin() -> PathBuf {
     let path = std::env::var_os("RATCHET_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ratchet"));
-    assert!(path.exists(), "{} is missing: run `cargo xtask test` (or `cargo build -p ratchet-plugin`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask test` (or `cargo build -p ratchet-plugin`)",
+        path.display()
+    );
     path
 }
 
@@ -116,7 +120,8 @@ impl Drop for Pod {
 /// Sends `bytes` over TCP from `client` to `server` at `ip`, and returns
 /// what arrived.
 pub fn tcp_transfer(server: &Pod, client: &Pod, ip: &str, bytes: usize) -> Vec<u8> {
-    let addr: SocketAddr = format!("{}:5201", if ip.contains(':') { format!("[{ip}]") } else { ip.into() }).parse().unwrap();
+    let addr: SocketAddr =
+        format!("{}:5201", if ip.contains(':') { format!("[{ip}]") } else { ip.into() }).parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = server.within(move || {
         let listener = TcpListener::bind(addr).expect("bind");
@@ -194,7 +199,11 @@ impl Node {
     }
 
     pub fn with_attach(attach: &'static str) -> Self {
-        Self { state_dir: tempfile::tempdir().unwrap(), pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtt"))), attach }
+        Self {
+            state_dir: tempfile::tempdir().unwrap(),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtt"))),
+            attach,
+        }
     }
 
     /// The plugin's config as a runtime hands it over.
@@ -212,7 +221,8 @@ impl Node {
 
     /// Runs the CLI against this node; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut full = vec!["--state-dir", self.state_dir.path().to_str().unwrap(), "--pin-root", self.pin_root.to_str().unwrap()];
+        let mut full =
+            vec!["--state-dir", self.state_dir.path().to_str().unwrap(), "--pin-root", self.pin_root.to_str().unwrap()];
         full.extend(args);
         run(ratchet_bin().to_str().unwrap(), &full)
     }
@@ -241,14 +251,18 @@ impl Node {
         let dump = run("bpftool", &["-j", "map", "dump", "pinned", self.pin_root.join("peers").to_str().unwrap()]);
         let entries: Vec<Value> = serde_json::from_str(&dump).unwrap();
         // With BTF, JSON mode puts the decoded entry under "formatted".
-        let decoded = |e: &Value| (e["formatted"]["key"].as_u64().unwrap(), e["formatted"]["value"]["ifindex"].as_u64().unwrap());
+        let decoded =
+            |e: &Value| (e["formatted"]["key"].as_u64().unwrap(), e["formatted"]["value"]["ifindex"].as_u64().unwrap());
         entries.iter().map(decoded).collect()
     }
 
     /// Calls the plugin exactly as a runtime does: the verb and identity in
     /// `CNI_*`, the config on stdin.
     pub fn call(&self, command: &str, container_id: &str, netns: &str, pod: (&str, &str), config: &Value) -> Reply {
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={container_id}", pod.0, pod.1);
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={container_id}",
+            pod.0, pod.1
+        );
         let env = [
             ("CNI_COMMAND", command),
             ("CNI_CONTAINERID", container_id),
@@ -310,14 +324,16 @@ impl Node {
 
     /// ADD for a pod; panics with the plugin's error if it fails.
     pub fn add(&self, pod: &Pod) -> Value {
-        let reply = self.call("ADD", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
+        let reply =
+            self.call("ADD", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
         assert!(reply.success, "ADD {}/{} failed: {}", pod.namespace, pod.name, reply.stdout);
         reply.json
     }
 
     /// DEL for a pod; panics if it fails.
     pub fn del(&self, pod: &Pod) {
-        let reply = self.call("DEL", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
+        let reply =
+            self.call("DEL", &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), &self.config());
         assert!(reply.success, "DEL {}/{} failed: {}", pod.namespace, pod.name, reply.stdout);
         assert!(reply.stdout.is_empty(), "DEL prints nothing on success, got {}", reply.stdout);
     }
@@ -479,7 +495,13 @@ pub fn end(pod: &Pod, ifname: &str, ips: &[&str]) -> Value {
 
 /// True when the host netns has an interface of this name.
 pub fn host_has_link(name: &str) -> bool {
-    Command::new("ip").args(["link", "show", name]).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap().success()
+    Command::new("ip")
+        .args(["link", "show", name])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// The host veths of a link, from `ratchet links --json`.

@@ -51,7 +51,12 @@ fn missing_env_names_the_variable() {
     let config = node.config().to_string();
     let env = [("CNI_COMMAND", "ADD"), ("CNI_NETNS", &alpha.netns_path()[..]), ("CNI_IFNAME", "eth0")];
     assert_error(&node.call_raw(&env, config.as_bytes()), 4, "CNI_CONTAINERID");
-    let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", &alpha.netns_path()[..]), ("CNI_IFNAME", "eth0")];
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", &alpha.netns_path()[..]),
+        ("CNI_IFNAME", "eth0"),
+    ];
     assert_error(&node.call_raw(&env, config.as_bytes()), 4, "K8S_POD_NAMESPACE");
     nothing_left(&node, &alpha, &l1);
 }
@@ -61,7 +66,8 @@ fn a_pod_in_no_link_is_refused() {
     let node = Node::new();
     let (alpha, _beta, l1) = pair(&node);
     let stranger = Pod::new("default", "stranger");
-    let reply = node.call("ADD", &container_of(&stranger), &stranger.netns_path(), ("default", "stranger"), &node.config());
+    let reply =
+        node.call("ADD", &container_of(&stranger), &stranger.netns_path(), ("default", "stranger"), &node.config());
     assert_error(&reply, 101, "default/stranger");
     assert_eq!(stranger.links().len(), 1);
     nothing_left(&node, &alpha, &l1);
@@ -100,7 +106,12 @@ fn an_over_long_ifname_is_refused() {
         "a": end(&alpha, "an-ifname-too-long", &["10.81.0.1/24"]), "b": end(&beta, "in2", &["10.81.0.2/24"])}]});
     let reply = node.call("ADD", &container_of(&alpha), &alpha.netns_path(), ("default", "alpha"), &config);
     assert_error(&reply, 7, "an-ifname-too-long");
-    let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", &alpha.netns_path()[..]), ("CNI_IFNAME", "eth0-is-far-too-long")];
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", &alpha.netns_path()[..]),
+        ("CNI_IFNAME", "eth0-is-far-too-long"),
+    ];
     assert_error(&node.call_raw(&env, node.config().to_string().as_bytes()), 4, "CNI_IFNAME");
     assert_eq!(alpha.links().len(), 1);
 }
@@ -115,7 +126,11 @@ fn the_cli_rejects_a_bad_topology_file() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid JSON"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 
 use ratchet_plugin::{naming::host_ifname, topology::Side};
 use ratchet_tests::{
-    Bridge, HostLocal, Node, Pod, VERSIONS, end, has_check, host_has_link, is_legacy, reference_plugin, unique, with_prev_result,
+    Bridge, HostLocal, Node, Pod, VERSIONS, end, has_check, host_has_link, is_legacy, reference_plugin, unique,
+    with_prev_result,
 };
 use serde_json::{Value, json};
 
@@ -48,7 +49,11 @@ fn chained_after_bridge(version: &str, subnet: u8) {
         assert_eq!(result["cniVersion"], version, "{result}");
         let interfaces = result["interfaces"].as_array().unwrap();
         assert_eq!(interfaces.len(), 5, "bridge's three, then ratchet's two: {result}");
-        assert_eq!(&interfaces[..3], prev["interfaces"].as_array().unwrap().as_slice(), "bridge's interfaces come first, as they were");
+        assert_eq!(
+            &interfaces[..3],
+            prev["interfaces"].as_array().unwrap().as_slice(),
+            "bridge's interfaces come first, as they were"
+        );
         assert_eq!(interfaces[3]["name"], host_ifname(&l1, side));
         assert_eq!(interfaces[4]["name"], ifname);
         assert_eq!(interfaces[4]["sandbox"], pod.netns_path());
@@ -175,7 +180,8 @@ fn a_pod_without_links_gets_bridges_result_back() {
 #[test]
 fn a_prev_result_of_another_version_is_refused() {
     let node = Node::new();
-    let (alpha, beta, plain) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
+    let (alpha, beta, plain) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
     let l1 = unique("lk");
     node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.163.8.1/24"]), "b": end(&beta, "in2", &["10.163.8.2/24"])}]}));
     for pod in [&alpha, &plain] {

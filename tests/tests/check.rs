@@ -70,7 +70,8 @@ fn the_program_detached_from_the_host_end() {
     let pair = linked_pair(&node, 5);
     let host = &host_ifnames(&node, &pair.link)[0];
     run("tc", &["filter", "del", "dev", host, "ingress"]);
-    check(&node, &pair.alpha, &pair.alpha_cached).assert_error(105, &[&format!("host end {host}"), "ratchet_to_peer", "not attached"]);
+    check(&node, &pair.alpha, &pair.alpha_cached)
+        .assert_error(105, &[&format!("host end {host}"), "ratchet_to_peer", "not attached"]);
     check(&node, &pair.beta, &pair.beta_cached).assert_silent_success("CHECK of the untouched peer");
 }
 

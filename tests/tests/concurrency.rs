@@ -9,8 +9,9 @@ use serde_json::json;
 #[test]
 fn twenty_concurrent_adds_make_ten_links() {
     let node = Node::new();
-    let pods: Vec<(Pod, Pod)> =
-        (0..10).map(|i| (Pod::new("default", &format!("left{i}")), Pod::new("default", &format!("right{i}")))).collect();
+    let pods: Vec<(Pod, Pod)> = (0..10)
+        .map(|i| (Pod::new("default", &format!("left{i}")), Pod::new("default", &format!("right{i}"))))
+        .collect();
     let prefix = unique("lk");
     let links: Vec<_> = pods
         .iter()

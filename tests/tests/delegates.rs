@@ -223,10 +223,16 @@ fn the_seed_config_shape_serves_both_kinds_of_pod() {
     let mut config = node.config();
     config["delegate"] = bridge_conf(&plain_bridge, &plain_ipam, None);
     config["boot_network"] = bridge_conf(&boot_bridge, &boot_ipam, None);
-    for (key, value) in [("etcd_host", json!("127.0.0.1")), ("etcd_port", json!(2379)), ("use_labels", json!(true)), ("child_path", json!("/opt/cni/bin/ratchet-child"))] {
+    for (key, value) in [
+        ("etcd_host", json!("127.0.0.1")),
+        ("etcd_port", json!(2379)),
+        ("use_labels", json!(true)),
+        ("child_path", json!("/opt/cni/bin/ratchet-child")),
+    ] {
         config[key] = value;
     }
-    let (alpha, beta, plain) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
+    let (alpha, beta, plain) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
     let l1 = unique("lk");
     node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.162.5.1/24"]), "b": end(&beta, "in2", &["10.162.5.2/24"])}]}));
 
@@ -240,9 +246,15 @@ fn the_seed_config_shape_serves_both_kinds_of_pod() {
     assert_eq!(names(&unlinked.json)[0], plain_bridge.name);
     assert_eq!((boot_ipam.allocated(NETWORK).len(), plain_ipam.allocated(NETWORK).len()), (1, 1));
 
-    node.call_pod("DEL", &plain, &with_prev_result(&config, &unlinked.json)).assert_silent_success("DEL of the unlinked pod");
-    assert_eq!((boot_ipam.allocated(NETWORK).len(), plain_ipam.allocated(NETWORK).len()), (1, 0), "only the delegate released");
-    node.call_pod("DEL", &alpha, &with_prev_result(&config, &linked.json)).assert_silent_success("DEL of the linked pod");
+    node.call_pod("DEL", &plain, &with_prev_result(&config, &unlinked.json))
+        .assert_silent_success("DEL of the unlinked pod");
+    assert_eq!(
+        (boot_ipam.allocated(NETWORK).len(), plain_ipam.allocated(NETWORK).len()),
+        (1, 0),
+        "only the delegate released"
+    );
+    node.call_pod("DEL", &alpha, &with_prev_result(&config, &linked.json))
+        .assert_silent_success("DEL of the linked pod");
     assert_eq!(boot_ipam.allocated(NETWORK).len(), 0);
     nothing_of_ratchets(&node, &alpha, &l1, "in1");
 }
@@ -253,7 +265,8 @@ fn a_delegate_missing_from_cni_path_is_104() {
     let mut config = node.config();
     config["delegate"] = json!({"type": "ratchet-no-such-plugin"});
     config["boot_network"] = json!({"type": "ratchet-no-such-boot"});
-    let (alpha, beta, plain) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
+    let (alpha, beta, plain) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
     let l1 = unique("lk");
     node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.162.6.1/24"]), "b": end(&beta, "in2", &["10.162.6.2/24"])}]}));
 
@@ -280,7 +293,8 @@ fn a_failing_delegate_passes_its_own_error_through() {
     let direct_msg = direct.json["msg"].as_str().unwrap();
     assert!(direct_msg.contains("10.999.0.0/24"), "{direct_msg}");
 
-    let (alpha, beta, plain) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
+    let (alpha, beta, plain) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "plain"));
     let l1 = unique("lk");
     node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &["10.162.7.1/24"]), "b": end(&beta, "in2", &["10.162.7.2/24"])}]}));
     for (role, pod) in [("boot_network", &alpha), ("delegate", &plain)] {
@@ -357,7 +371,10 @@ fn recording_stub(dir: &Path, errors: &[(&str, &str)]) {
         .iter()
         .map(|(verb, error)| format!("if [ \"$CNI_COMMAND\" = {verb} ]; then echo '{error}'; exit 1; fi\n"))
         .collect();
-    let script = format!("#!/bin/sh\nenv > \"{dir}/env.$CNI_COMMAND\"\ncat > \"{dir}/stdin.$CNI_COMMAND\"\n{answers}exit 0\n", dir = dir.display());
+    let script = format!(
+        "#!/bin/sh\nenv > \"{dir}/env.$CNI_COMMAND\"\ncat > \"{dir}/stdin.$CNI_COMMAND\"\n{answers}exit 0\n",
+        dir = dir.display()
+    );
     let path = dir.join("ratchet-stub");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -379,25 +396,41 @@ fn status_and_gc_reach_a_1_1_0_delegate() {
     for absent in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
         assert!(!env.contains(absent), "STATUS carries no {absent}: {env}");
     }
-    let stdin: Value = serde_json::from_str(&std::fs::read_to_string(stub.path().join("stdin.STATUS")).unwrap()).unwrap();
-    assert_eq!((&stdin["type"], &stdin["name"], &stdin["cniVersion"], &stdin["marker"]), (&json!("ratchet-stub"), &json!(NETWORK), &json!("1.1.0"), &json!("boot")));
+    let stdin: Value =
+        serde_json::from_str(&std::fs::read_to_string(stub.path().join("stdin.STATUS")).unwrap()).unwrap();
+    assert_eq!(
+        (&stdin["type"], &stdin["name"], &stdin["cniVersion"], &stdin["marker"]),
+        (&json!("ratchet-stub"), &json!(NETWORK), &json!("1.1.0"), &json!("boot"))
+    );
 
     let valid = [("c-one".to_owned(), "eth0"), ("c-two".to_owned(), "net1")];
     let gc_config = ratchet_tests::with_valid_attachments(&config, &valid);
     node.call_node_verb("GC", &gc_config, &cni_path).assert_silent_success("GC");
-    let stdin: Value = serde_json::from_str(&std::fs::read_to_string(stub.path().join("stdin.GC")).expect("GC reached the delegate")).unwrap();
-    assert_eq!(stdin["cni.dev/valid-attachments"], gc_config["cni.dev/valid-attachments"], "the delegate gets the same list");
+    let stdin: Value =
+        serde_json::from_str(&std::fs::read_to_string(stub.path().join("stdin.GC")).expect("GC reached the delegate"))
+            .unwrap();
+    assert_eq!(
+        stdin["cni.dev/valid-attachments"], gc_config["cni.dev/valid-attachments"],
+        "the delegate gets the same list"
+    );
 }
 
 #[test]
 fn a_delegate_not_ready_makes_status_fail_with_its_code() {
     let node = Node::new();
     let stub = tempfile::tempdir().unwrap();
-    recording_stub(stub.path(), &[("STATUS", r#"{"cniVersion": "1.1.0", "code": 50, "msg": "Plugin not available", "details": "the stub is not ready"}"#)]);
+    recording_stub(
+        stub.path(),
+        &[(
+            "STATUS",
+            r#"{"cniVersion": "1.1.0", "code": 50, "msg": "Plugin not available", "details": "the stub is not ready"}"#,
+        )],
+    );
     let cni_path = format!("{}:/usr/lib/cni", stub.path().display());
     let mut config = node.config_for("1.1.0");
     config["delegate"] = json!({"type": "ratchet-stub"});
-    node.call_node_verb("STATUS", &config, &cni_path).assert_error(50, &["delegate plugin ratchet-stub", "the stub is not ready"]);
+    node.call_node_verb("STATUS", &config, &cni_path)
+        .assert_error(50, &["delegate plugin ratchet-stub", "the stub is not ready"]);
 }
 
 #[test]
@@ -465,7 +498,8 @@ fn a_conflist_delegate_runs_its_plugins_in_order_at_its_best_version() {
     assert_eq!(ipam.allocated("plain-list"), [address], "the list's name reached bridge's IPAM");
 
     node.check(&pod, &config, &added.json).assert_silent_success("CHECK through the conflist");
-    node.call_pod("DEL", &pod, &with_prev_result(&config, &added.json)).assert_silent_success("DEL through the conflist");
+    node.call_pod("DEL", &pod, &with_prev_result(&config, &added.json))
+        .assert_silent_success("DEL through the conflist");
     assert!(bridge.ports().is_empty(), "bridge's veth is gone");
     assert!(ipam.allocated("plain-list").is_empty(), "the address is released");
 }

@@ -64,7 +64,10 @@ fn the_add_result_has_the_spec_shape() {
     assert_eq!(interfaces[1]["sandbox"], alpha.netns_path());
     let mac = alpha.link("in1").unwrap()["address"].clone();
     assert_eq!(interfaces[1]["mac"], mac);
-    assert_eq!(result["ips"], json!([{"address": "10.77.0.1/24", "interface": 1}, {"address": "fd77::1/64", "interface": 1}]));
+    assert_eq!(
+        result["ips"],
+        json!([{"address": "10.77.0.1/24", "interface": 1}, {"address": "fd77::1/64", "interface": 1}])
+    );
 }
 
 #[test]
@@ -164,6 +167,12 @@ fn the_topology_can_be_shown_and_deleted() {
     node.cli(&["topology", "delete"]);
     let shown: serde_json::Value = serde_json::from_str(&node.cli(&["topology", "show"])).unwrap();
     assert_eq!(shown, json!({"links": []}));
-    let reply = node.call("ADD", &ratchet_tests::container_of(&alpha), &alpha.netns_path(), ("default", "alpha"), &node.config());
+    let reply = node.call(
+        "ADD",
+        &ratchet_tests::container_of(&alpha),
+        &alpha.netns_path(),
+        ("default", "alpha"),
+        &node.config(),
+    );
     assert_eq!(reply.code(), Some(101), "no topology, no links: {}", reply.stdout);
 }

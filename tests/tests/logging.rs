@@ -19,10 +19,13 @@ fn lines(log: &std::path::Path) -> Vec<String> {
 /// The line has the verb's fields: verb, container, pod, a duration in ms,
 /// and the outcome.
 fn assert_verb_line(line: &str, verb: &str, container: &str, pod: &str, outcome: &str) {
-    for field in [format!("verb={verb} "), format!("container={container} "), format!("pod={pod} "), format!(" {outcome} ")] {
+    for field in
+        [format!("verb={verb} "), format!("container={container} "), format!("pod={pod} "), format!(" {outcome} ")]
+    {
         assert!(line.contains(&field), "{line:?} should have {field:?}");
     }
-    let ms = line.split_whitespace().find_map(|f| f.strip_prefix("ms=")).unwrap_or_else(|| panic!("{line:?} has no ms="));
+    let ms =
+        line.split_whitespace().find_map(|f| f.strip_prefix("ms=")).unwrap_or_else(|| panic!("{line:?} has no ms="));
     assert!(ms.parse::<f64>().is_ok_and(|ms| ms >= 0.0), "{line:?}: duration {ms:?}");
 }
 
@@ -44,7 +47,8 @@ fn one_line_per_verb_and_only_the_result_on_stdout() {
     let node = Node::new();
     let log = node.state_dir.path().join("verbs.log");
     let config = logging_config(&node, &log);
-    let (alpha, beta, stranger) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "stranger"));
+    let (alpha, beta, stranger) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "stranger"));
     node.apply(&json!({"links": [{"name": unique("lk"), "a": end(&alpha, "in1", &["10.85.0.1/24"]), "b": end(&beta, "in2", &["10.85.0.2/24"])}]}));
     let alpha_id = container_of(&alpha);
 
@@ -85,7 +89,8 @@ fn log_level_warn_logs_only_failures() {
     let log = node.state_dir.path().join("verbs.log");
     let mut config = logging_config(&node, &log);
     config["log_level"] = json!("warn");
-    let (alpha, beta, stranger) = (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "stranger"));
+    let (alpha, beta, stranger) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "stranger"));
     node.apply(&json!({"links": [{"name": unique("lk"), "a": end(&alpha, "in1", &["10.85.1.1/24"]), "b": end(&beta, "in2", &["10.85.1.2/24"])}]}));
 
     assert!(node.call_pod("ADD", &alpha, &config).success);
@@ -113,7 +118,11 @@ fn without_a_log_file_a_failure_goes_to_stderr() {
     let reply = node.call_pod("ADD", &stranger, &node.config());
     reply.assert_error(101, &["default/stranger"]);
     let mut docs = serde_json::Deserializer::from_str(&reply.stdout).into_iter::<Value>();
-    assert!(docs.next().is_some_and(|d| d.is_ok()) && docs.next().is_none(), "stdout is only the error: {:?}", reply.stdout);
+    assert!(
+        docs.next().is_some_and(|d| d.is_ok()) && docs.next().is_none(),
+        "stdout is only the error: {:?}",
+        reply.stdout
+    );
     assert!(reply.stderr.contains("verb=ADD") && reply.stderr.contains("failed"), "{:?}", reply.stderr);
 }
 
@@ -122,7 +131,12 @@ fn the_seeds_unused_keys_are_accepted_with_a_logged_warning() {
     let node = Node::new();
     let log = node.state_dir.path().join("verbs.log");
     let mut config = logging_config(&node, &log);
-    for (key, value) in [("etcd_host", json!("10.0.0.2")), ("etcd_port", json!(2379)), ("use_labels", json!(false)), ("child_path", json!("/opt/cni/bin/ratchet-child"))] {
+    for (key, value) in [
+        ("etcd_host", json!("10.0.0.2")),
+        ("etcd_port", json!(2379)),
+        ("use_labels", json!(false)),
+        ("child_path", json!("/opt/cni/bin/ratchet-child")),
+    ] {
         config[key] = value;
     }
     let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));

@@ -1,7 +1,9 @@
 //! STATUS and GC (spec 1.1), called as a runtime calls them: a 1.1.0 config
 //! and only `CNI_COMMAND` and `CNI_PATH` in the environment.
 
-use ratchet_tests::{Node, Pod, container_of, end, host_has_link, host_ifindex, host_ifnames, run, unique, with_prev_result};
+use ratchet_tests::{
+    Node, Pod, container_of, end, host_has_link, host_ifindex, host_ifnames, run, unique, with_prev_result,
+};
 use serde_json::{Value, json};
 
 /// A 1.1.0 config for `node`.
@@ -56,7 +58,8 @@ fn status_on_a_fresh_node_loads_and_keeps_the_pins() {
     for pin in ["ratchet_to_peer", "peers", "stats"] {
         assert!(node.pin_root.join(pin).exists(), "{pin} is pinned");
     }
-    let prog = run("bpftool", &["-j", "prog", "show", "pinned", node.pin_root.join("ratchet_to_peer").to_str().unwrap()]);
+    let prog =
+        run("bpftool", &["-j", "prog", "show", "pinned", node.pin_root.join("ratchet_to_peer").to_str().unwrap()]);
     assert!(prog.contains("ratchet_to_peer"), "{prog}");
     node.status(&config(&node)).assert_silent_success("STATUS again");
     assert!(node.peers().is_empty());
@@ -120,7 +123,8 @@ fn gc_removes_exactly_the_unlisted_ends() {
     let pods = two_links(&node, 0);
     let hosts1 = host_ifnames(&node, &pods.l1);
     let (alpha_host, beta_host) = (&hosts1[0], &hosts1[1]);
-    let kept: Vec<u64> = [alpha_host.clone()].iter().chain(&host_ifnames(&node, &pods.l2)).map(|h| u64::from(host_ifindex(h))).collect();
+    let kept: Vec<u64> =
+        [alpha_host.clone()].iter().chain(&host_ifnames(&node, &pods.l2)).map(|h| u64::from(host_ifindex(h))).collect();
     let l2_ifindexes: Vec<u64> = host_ifnames(&node, &pods.l2).iter().map(|h| u64::from(host_ifindex(h))).collect();
 
     let reply = node.gc(&config(&node), &[attachment(&pods.alpha), attachment(&pods.gamma), attachment(&pods.delta)]);
@@ -164,13 +168,17 @@ fn gc_with_an_empty_list_removes_everything() {
     assert_eq!(hosts.len(), 4);
     node.gc(&config(&node), &[]).assert_silent_success("GC");
     assert!(hosts.iter().all(|h| !host_has_link(h)), "every host veth is gone");
-    assert!([&pods.alpha, &pods.beta, &pods.gamma, &pods.delta].iter().all(|p| p.links().len() == 1), "only lo is left in the pods");
+    assert!(
+        [&pods.alpha, &pods.beta, &pods.gamma, &pods.delta].iter().all(|p| p.links().len() == 1),
+        "only lo is left in the pods"
+    );
     assert_eq!(node.link_state(&pods.l1), "down");
     assert_eq!(node.link_state(&pods.l2), "down");
     assert!(node.map_keys("peers").is_empty());
     assert!(node.map_keys("stats").is_empty());
     // A DEL the runtime sends afterwards finds nothing and is fine.
-    node.call_pod("DEL", &pods.alpha, &with_prev_result(&config(&node), &json!({"cniVersion": "1.1.0"}))).assert_silent_success("DEL after GC");
+    node.call_pod("DEL", &pods.alpha, &with_prev_result(&config(&node), &json!({"cniVersion": "1.1.0"})))
+        .assert_silent_success("DEL after GC");
 }
 
 #[test]
@@ -188,14 +196,37 @@ fn gc_removes_map_entries_no_record_holds() {
     let pods = two_links(&node, 5);
     // A forwarding entry and a counter for host ifindex 0xfffe, which no end holds.
     let (peers, stats) = (node.pin_root.join("peers"), node.pin_root.join("stats"));
-    run("bpftool", &["map", "update", "pinned", peers.to_str().unwrap(), "key", "0xfe", "0xff", "0", "0", "value", "1", "0", "0", "0"]);
+    run(
+        "bpftool",
+        &[
+            "map",
+            "update",
+            "pinned",
+            peers.to_str().unwrap(),
+            "key",
+            "0xfe",
+            "0xff",
+            "0",
+            "0",
+            "value",
+            "1",
+            "0",
+            "0",
+            "0",
+        ],
+    );
     let zeros: Vec<&str> = std::iter::repeat_n("0", 24).collect();
     let mut args = vec!["map", "update", "pinned", stats.to_str().unwrap(), "key", "0xfe", "0xff", "0", "0", "value"];
     args.extend(&zeros);
     run("bpftool", &args);
     assert!(node.map_keys("peers").contains(&0xfffe) && node.map_keys("stats").contains(&0xfffe));
 
-    let everyone: Vec<_> = node.links().iter().flat_map(|l| l["ends"].as_array().cloned().unwrap()).map(|e| (e["container_id"].as_str().unwrap().to_owned(), "eth0")).collect();
+    let everyone: Vec<_> = node
+        .links()
+        .iter()
+        .flat_map(|l| l["ends"].as_array().cloned().unwrap())
+        .map(|e| (e["container_id"].as_str().unwrap().to_owned(), "eth0"))
+        .collect();
     assert_eq!(everyone.len(), 4, "{everyone:?}");
     node.gc(&config(&node), &everyone).assert_silent_success("GC");
     assert!(!node.map_keys("peers").contains(&0xfffe), "the stray forwarding entry is gone");

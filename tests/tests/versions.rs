@@ -14,7 +14,9 @@ const BETA_IPS: [&str; 2] = ["10.82.0.2/24", "fd82::2/64"];
 fn pair(node: &Node) -> (Pod, Pod, String) {
     let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
     let l1 = unique("lk");
-    node.apply(&json!({"links": [{"name": l1, "a": end(&alpha, "in1", &ALPHA_IPS), "b": end(&beta, "in2", &BETA_IPS)}]}));
+    node.apply(
+        &json!({"links": [{"name": l1, "a": end(&alpha, "in1", &ALPHA_IPS), "b": end(&beta, "in2", &BETA_IPS)}]}),
+    );
     (alpha, beta, l1)
 }
 
@@ -24,7 +26,10 @@ fn pair(node: &Node) -> (Pod, Pod, String) {
 fn assert_result_shape(result: &Value, version: &str, pod: &Pod, ifname: &str, ips: &[&str]) {
     assert_eq!(result["cniVersion"], version, "{result}");
     let keys: Vec<&String> = result.as_object().unwrap().keys().collect();
-    assert!(keys.iter().all(|k| ["cniVersion", "interfaces", "ips", "routes", "dns"].contains(&k.as_str())), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| ["cniVersion", "interfaces", "ips", "routes", "dns"].contains(&k.as_str())),
+        "{keys:?}"
+    );
     let interfaces = result["interfaces"].as_array().unwrap();
     assert_eq!(interfaces.len(), 2, "{result}");
     assert!(interfaces[0]["name"].as_str().unwrap().starts_with("rt"), "{result}");
@@ -82,9 +87,13 @@ fn add_check_del(version: &str) {
     assert_check(&node, &beta, version, &beta_added.json);
 
     for (pod, cached) in [(&alpha, &alpha_added.json), (&beta, &beta_added.json)] {
-        node.call_pod("DEL", pod, &with_prev_result(&config, cached)).assert_silent_success(&format!("DEL at {version}"));
+        node.call_pod("DEL", pod, &with_prev_result(&config, cached))
+            .assert_silent_success(&format!("DEL at {version}"));
     }
-    assert!(!host_has_link(&host_ifname(&l1, Side::A)) && !host_has_link(&host_ifname(&l1, Side::B)), "both host ends are gone");
+    assert!(
+        !host_has_link(&host_ifname(&l1, Side::A)) && !host_has_link(&host_ifname(&l1, Side::B)),
+        "both host ends are gone"
+    );
     assert!(alpha.link("in1").is_none() && beta.link("in2").is_none(), "both pod ends are gone");
     assert_eq!(node.link_state(&l1), "down");
     assert!(node.peers().is_empty());

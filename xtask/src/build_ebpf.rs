@@ -23,7 +23,19 @@ pub fn run() -> anyhow::Result<PathBuf> {
     let rustflags = [r#"--cfg=bpf_target_arch="x86_64""#, "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     let mut cmd = util::command("rustup");
     cmd.current_dir(util::workspace_root())
-        .args(["run", TOOLCHAIN, "cargo", "build", "-p", PACKAGE, "--release", "--target", TARGET, "-Z", "build-std=core"])
+        .args([
+            "run",
+            TOOLCHAIN,
+            "cargo",
+            "build",
+            "-p",
+            PACKAGE,
+            "--release",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         // `cargo run` (and rustup's proxy) point these at the stable

@@ -269,7 +269,8 @@ impl Demo {
             let packets = end["packets"].as_u64().unwrap_or(0);
             ensure!(packets > 0, "end {} moved no packets", end["pod"]);
         }
-        let host_ifs: Vec<String> = ends.iter().filter_map(|end| end["host_ifname"].as_str().map(String::from)).collect();
+        let host_ifs: Vec<String> =
+            ends.iter().filter_map(|end| end["host_ifname"].as_str().map(String::from)).collect();
 
         steps.next("The datapath: the peers map and the program");
         util::run(command("bpftool").args(["map", "dump", "pinned"]).arg(self.pin_root.join("peers")))?;
@@ -300,7 +301,11 @@ impl Demo {
         guard.cleanup();
         let netns = util::stdout_of(command("ip").args(["netns", "list"]))?;
         for pod in &self.pods {
-            ensure!(!netns.lines().any(|line| line.split_whitespace().next() == Some(&pod.netns)), "{} is still there", pod.netns);
+            ensure!(
+                !netns.lines().any(|line| line.split_whitespace().next() == Some(&pod.netns)),
+                "{} is still there",
+                pod.netns
+            );
         }
         ensure!(!self.pin_root.exists(), "{} is still there", self.pin_root.display());
         ensure!(!self.temp.exists(), "{} is still there", self.temp.display());

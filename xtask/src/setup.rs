@@ -20,8 +20,16 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 8] =
-    ["rustc-web", "cargo-web", "rust-web-src", "bpftool", "iproute2", "iputils-ping", "iperf3", "containernetworking-plugins"];
+const APT_PACKAGES: [&str; 8] = [
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "containernetworking-plugins",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The library Debian's rustc-web links to; bpf-linker must use the same one.
@@ -89,7 +97,12 @@ fn apt_get(args: &[&str]) -> anyhow::Result<()> {
         println!("+ {}", util::show(&cmd));
         let _ = std::io::stdout().flush();
         // stdout streams; stderr is kept to see whether the lock was the problem.
-        let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).spawn().context("cannot run apt-get")?.wait_with_output()?;
+        let output = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run apt-get")?
+            .wait_with_output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         eprint!("{stderr}");
         if output.status.success() {
@@ -179,7 +192,8 @@ fn debian_web_toolchain() -> anyhow::Result<()> {
 }
 
 fn bpffs() -> anyhow::Result<()> {
-    let fs_type = |path: &str| util::stdout_of(command("stat").args(["-f", "-c", "%T", path])).map(|t| t.trim().to_owned());
+    let fs_type =
+        |path: &str| util::stdout_of(command("stat").args(["-f", "-c", "%T", path])).map(|t| t.trim().to_owned());
     if fs_type(BPFFS).is_ok_and(|t| t == "bpf_fs") {
         skip(&format!("bpffs already mounted at {BPFFS}"));
         return Ok(());

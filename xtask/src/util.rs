@@ -115,9 +115,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs the command quietly and returns its output, whatever its status;
 /// an error only when it cannot be started.
 pub fn probe(cmd: &mut Command) -> anyhow::Result<Output> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))
+    cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))
 }
 
 /// Runs the command quietly and returns its stdout, failing on non-zero.

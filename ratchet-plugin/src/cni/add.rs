@@ -42,7 +42,8 @@ pub async fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniErr
 pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result<CNIResult, CniError> {
     let settings = &config.settings;
     let pod = env.pod()?;
-    let netns_error = |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
+    let netns_error =
+        |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
     let netns = File::open(&env.netns).map_err(netns_error)?;
     let mut store = EmbeddedStore::open(&settings.state_dir)?;
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
@@ -152,7 +153,13 @@ impl Attach<'_> {
             self.dataplane.detach_tcx(&host_ifname)?;
             self.host.delete_link(orphan.index).await?;
         }
-        let spec = VethSpec { host_ifname: &host_ifname, pod_ifname: ifname, pod_netns: self.netns, mtu: link.mtu(), pod_mac: end.mac };
+        let spec = VethSpec {
+            host_ifname: &host_ifname,
+            pod_ifname: ifname,
+            pod_netns: self.netns,
+            mtu: link.mtu(),
+            pod_mac: end.mac,
+        };
         let veth = self.host.create_veth(&spec).await?;
         self.made.veths.push((veth.index, host_ifname.clone()));
         // Attach before the pod end is up, so the pod's first frame already
@@ -195,7 +202,11 @@ impl Attach<'_> {
         self.result.interfaces.push(interface(host_ifname, veth.mac, None));
         self.result.interfaces.push(interface(ifname.into(), pod_end.mac, Some(self.env.netns.clone())));
         let pod_index = u32::try_from(self.result.interfaces.len() - 1).expect("a handful of interfaces");
-        self.result.ips.extend(end.ips.iter().map(|ip| IpConfig { interface: Some(pod_index), address: *ip, gateway: None }));
+        self.result.ips.extend(end.ips.iter().map(|ip| IpConfig {
+            interface: Some(pod_index),
+            address: *ip,
+            gateway: None,
+        }));
         Ok(())
     }
 }
@@ -223,7 +234,14 @@ impl Attach<'_> {
 }
 
 fn interface(name: String, mac: Option<crate::topology::MacAddr>, sandbox: Option<String>) -> Interface {
-    Interface { name, mac: mac.map(|m| m.to_string()).unwrap_or_default(), mtu: None, sandbox, socket_path: None, pci_id: None }
+    Interface {
+        name,
+        mac: mac.map(|m| m.to_string()).unwrap_or_default(),
+        mtu: None,
+        sandbox,
+        socket_path: None,
+        pci_id: None,
+    }
 }
 
 /// What an ADD made so far, so a failure can take it back.

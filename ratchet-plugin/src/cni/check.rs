@@ -86,7 +86,12 @@ async fn check_pod_end(in_pod: &Netlink, end: &Attached) -> Result<(), CniError>
     Ok(())
 }
 
-async fn check_host_end(host: &Netlink, dataplane: &Dataplane, mode: AttachMode, record: &EndRecord) -> Result<(), CniError> {
+async fn check_host_end(
+    host: &Netlink,
+    dataplane: &Dataplane,
+    mode: AttachMode,
+    record: &EndRecord,
+) -> Result<(), CniError> {
     let name = &record.host_ifname;
     let drift = |what: String| CniError::CheckDrift(format!("host end {name}: {what}"));
     let found = host.link_by_name(name).await?.ok_or_else(|| drift("is gone".into()))?;
@@ -137,7 +142,8 @@ fn check_prev_result(config: &Config, end: &Attached) -> Result<(), CniError> {
         .position(|i| i.name == name && i.sandbox.as_deref() == Some(end.record.netns.as_str()))
         .ok_or_else(|| drift(format!("has no interface {name} in {}", end.record.netns)))?;
     let Some(link) = &end.link else { return Ok(()) };
-    let listed: HashSet<_> = prev.ips.iter().filter(|ip| ip.interface == Some(position as u32)).map(|ip| ip.address).collect();
+    let listed: HashSet<_> =
+        prev.ips.iter().filter(|ip| ip.interface == Some(position as u32)).map(|ip| ip.address).collect();
     match link.end(end.side).ips.iter().find(|ip| !listed.contains(*ip)) {
         Some(missing) => Err(drift(format!("does not list {missing} on {name}"))),
         None => Ok(()),

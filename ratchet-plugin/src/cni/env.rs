@@ -43,7 +43,9 @@ impl CniEnv {
         };
         let container_id = required("CNI_CONTAINERID")?;
         if !is_valid_container_id(&container_id) {
-            let reason = format!("{container_id:?} must start with a letter or digit, then only letters, digits, '_', '.' or '-'");
+            let reason = format!(
+                "{container_id:?} must start with a letter or digit, then only letters, digits, '_', '.' or '-'"
+            );
             return Err(CniError::Env { var: "CNI_CONTAINERID", reason });
         }
         let ifname = required("CNI_IFNAME")?;
@@ -127,7 +129,8 @@ mod tests {
 
     #[test]
     fn del_accepts_an_empty_netns() {
-        let env = CniEnv::for_del(env(&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")])).unwrap();
+        let env =
+            CniEnv::for_del(env(&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")])).unwrap();
         assert!(env.netns.is_empty());
         assert!(matches!(env.pod(), Err(CniError::Env { var: "CNI_ARGS", .. })));
     }

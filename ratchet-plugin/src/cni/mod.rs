@@ -90,7 +90,8 @@ fn dispatch(command: &str, config: &Config) -> Result<Option<serde_json::Value>,
         .parse()
         .map_err(|_| CniError::Env { var: "CNI_COMMAND", reason: format!("{command:?} is not a CNI verb") })?;
     config.version.allows(cmd).map_err(|e| CniError::IncompatibleVersion(e.details().to_owned()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Io(e.to_string()))?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Io(e.to_string()))?;
     let var = |name: &str| std::env::var(name).ok();
     match cmd {
         Cmd::Add => {
@@ -124,7 +125,10 @@ fn encode_result(version: SpecVersion, mut result: CNIResult) -> serde_json::Val
 
 fn read_stdin() -> Result<String, CniError> {
     let mut text = String::new();
-    io::stdin().take(MAX_STDIN + 1).read_to_string(&mut text).map_err(|e| CniError::Io(format!("reading stdin: {e}")))?;
+    io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| CniError::Io(format!("reading stdin: {e}")))?;
     if text.len() as u64 > MAX_STDIN {
         return Err(CniError::Io(format!("config on stdin is larger than {MAX_STDIN} bytes")));
     }
@@ -139,7 +143,8 @@ fn declared_version(text: &str) -> SpecVersion {
 }
 
 fn parse_config(text: &str) -> Result<Config, CniError> {
-    let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| CniError::Decode(format!("config on stdin: {e}")))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| CniError::Decode(format!("config on stdin: {e}")))?;
     let netconf: NetConf =
         serde_json::from_value(raw.clone()).map_err(|e| CniError::Decode(format!("config on stdin: {e}")))?;
     let version = netconf.version().map_err(|e| CniError::Decode(e.details().to_owned()))?;

@@ -16,7 +16,8 @@ use crate::{
 
 pub async fn status(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
-    let unanswered = |e: StoreError| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") };
+    let unanswered =
+        |e: StoreError| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") };
     let mut store = EmbeddedStore::open(&settings.state_dir).map_err(unanswered)?;
     let ends = async { records::all_ends(&mut store.begin().await?).await }.await.map_err(unanswered)?;
     // An end counts as attached while its host veth is still the one ADD
@@ -30,11 +31,15 @@ pub async fn status(config: &Config) -> Result<(), CniError> {
             attached += 1;
         }
     }
-    let pinned = Dataplane::open(&settings.pin_root).map_err(|e| CniError::NotAvailable { limited: attached > 0, reason: e.to_string() })?;
+    let pinned = Dataplane::open(&settings.pin_root)
+        .map_err(|e| CniError::NotAvailable { limited: attached > 0, reason: e.to_string() })?;
     if pinned.is_none() && attached > 0 {
         // Loading afresh would give new maps that the attached ends' filters
         // never read: their forwarding can no longer be changed.
-        let reason = format!("the pins under {} are gone while {attached} link end(s) are attached", settings.pin_root.display());
+        let reason = format!(
+            "the pins under {} are gone while {attached} link end(s) are attached",
+            settings.pin_root.display()
+        );
         return Err(CniError::NotAvailable { limited: true, reason });
     }
     Dataplane::open_or_load(&settings.pin_root, &settings.state_dir).map_err(|e| {

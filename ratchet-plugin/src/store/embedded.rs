@@ -82,7 +82,10 @@ impl Transaction for EmbeddedTx<'_> {
 
     async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.tx
-            .execute("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![key, value])
+            .execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![key, value],
+            )
             .map(drop)
             .map_err(|e| sql_error(self.path, e))
     }
@@ -99,7 +102,9 @@ impl Transaction for EmbeddedTx<'_> {
 
 fn sql_error(path: &str, error: rusqlite::Error) -> StoreError {
     match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { path: path.into(), waited: LOCK_WAIT },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Busy { path: path.into(), waited: LOCK_WAIT }
+        }
         _ => StoreError::Io { path: path.into(), message: error.to_string() },
     }
 }
@@ -122,51 +127,53 @@ mod tests {
     #[test]
     fn commits_and_scans_by_prefix() {
         block_on(async {
-        let (_dir, mut store) = temp_store();
-        let mut tx = store.begin().await.unwrap();
-        tx.put("/r/a/1", b"one").await.unwrap();
-        tx.put("/r/a/2", b"two").await.unwrap();
-        tx.put("/r/b/1", b"other").await.unwrap();
-        tx.commit().await.unwrap();
+            let (_dir, mut store) = temp_store();
+            let mut tx = store.begin().await.unwrap();
+            tx.put("/r/a/1", b"one").await.unwrap();
+            tx.put("/r/a/2", b"two").await.unwrap();
+            tx.put("/r/b/1", b"other").await.unwrap();
+            tx.commit().await.unwrap();
 
-        let mut tx = store.begin().await.unwrap();
-        let keys: Vec<_> = tx.scan("/r/a/").await.unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["/r/a/1", "/r/a/2"]);
-        tx.delete("/r/a/1").await.unwrap();
-        tx.delete("/r/never").await.unwrap();
-        assert_eq!(tx.get("/r/a/1").await.unwrap(), None);
+            let mut tx = store.begin().await.unwrap();
+            let keys: Vec<_> = tx.scan("/r/a/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["/r/a/1", "/r/a/2"]);
+            tx.delete("/r/a/1").await.unwrap();
+            tx.delete("/r/never").await.unwrap();
+            assert_eq!(tx.get("/r/a/1").await.unwrap(), None);
         });
     }
 
     #[test]
     fn dropping_rolls_back() {
         block_on(async {
-        let (_dir, mut store) = temp_store();
-        let mut tx = store.begin().await.unwrap();
-        tx.put("/k", b"v").await.unwrap();
-        drop(tx);
-        assert_eq!(store.begin().await.unwrap().get("/k").await.unwrap(), None);
+            let (_dir, mut store) = temp_store();
+            let mut tx = store.begin().await.unwrap();
+            tx.put("/k", b"v").await.unwrap();
+            drop(tx);
+            assert_eq!(store.begin().await.unwrap().get("/k").await.unwrap(), None);
         });
     }
 
     #[test]
     fn a_second_writer_waits_for_the_first() {
         block_on(async {
-        let (dir, mut first) = temp_store();
-        let mut tx = first.begin().await.unwrap();
-        tx.put("/k", b"1").await.unwrap();
-        let path = dir.path().to_owned();
-        let second = std::thread::spawn(move || block_on(async {
-            let mut store = EmbeddedStore::open(&path).unwrap();
-            let mut tx = store.begin().await.unwrap();
-            let seen = tx.get("/k").await.unwrap();
-            tx.put("/k", b"2").await.unwrap();
+            let (dir, mut first) = temp_store();
+            let mut tx = first.begin().await.unwrap();
+            tx.put("/k", b"1").await.unwrap();
+            let path = dir.path().to_owned();
+            let second = std::thread::spawn(move || {
+                block_on(async {
+                    let mut store = EmbeddedStore::open(&path).unwrap();
+                    let mut tx = store.begin().await.unwrap();
+                    let seen = tx.get("/k").await.unwrap();
+                    tx.put("/k", b"2").await.unwrap();
+                    tx.commit().await.unwrap();
+                    seen
+                })
+            });
+            std::thread::sleep(Duration::from_millis(100));
             tx.commit().await.unwrap();
-            seen
-        }));
-        std::thread::sleep(Duration::from_millis(100));
-        tx.commit().await.unwrap();
-        assert_eq!(second.join().unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(second.join().unwrap().as_deref(), Some(&b"1"[..]));
         });
     }
 }

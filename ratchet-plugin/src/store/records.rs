@@ -152,7 +152,11 @@ pub async fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Re
 }
 
 /// Records the ends a container holds; an empty list removes the record.
-pub async fn put_container_ends(tx: &mut impl Transaction, container_id: &str, ends: &[EndRef]) -> Result<(), StoreError> {
+pub async fn put_container_ends(
+    tx: &mut impl Transaction,
+    container_id: &str,
+    ends: &[EndRef],
+) -> Result<(), StoreError> {
     let key = format!("{CONTAINERS}{container_id}");
     if ends.is_empty() { tx.delete(&key).await } else { put_json(tx, &key, &ends).await }
 }
