@@ -11,10 +11,10 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR},
+    config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR, Settings},
     dataplane::Dataplane,
     pairing,
-    store::{EmbeddedStore, Store, Transaction, records},
+    store::{self, Store, Transaction, records},
     topology::{Side, Topology},
 };
 
@@ -31,6 +31,10 @@ pub struct Cli {
     /// The bpffs directory the plugin's config names (`pin_root`).
     #[arg(long, global = true, env = "RATCHET_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
+    /// etcd endpoints, comma-separated, when the plugin's config names them
+    /// (`etcd_endpoints`); without, the embedded store in --state-dir.
+    #[arg(long, global = true, env = "RATCHET_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,17 +73,23 @@ enum TopologyCommand {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let settings = Settings {
+        state_dir: cli.state_dir,
+        pin_root: cli.pin_root,
+        etcd_endpoints: cli.etcd_endpoints,
+        ..Settings::default()
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
-        Command::Topology(command) => runtime.block_on(topology(&cli.state_dir, command)),
-        Command::Links { json } => runtime.block_on(links(&cli.state_dir, &cli.pin_root, json)),
-        Command::Trace => crate::trace::run(&cli.pin_root),
-        Command::Unload { force } => runtime.block_on(unload(&cli.state_dir, &cli.pin_root, force)),
+        Command::Topology(command) => runtime.block_on(topology(&settings, command)),
+        Command::Links { json } => runtime.block_on(links(&settings, json)),
+        Command::Trace => crate::trace::run(&settings.pin_root),
+        Command::Unload { force } => runtime.block_on(unload(&settings, force)),
     }
 }
 
-async fn topology(state_dir: &std::path::Path, command: TopologyCommand) -> anyhow::Result<()> {
-    let mut store = EmbeddedStore::open(state_dir)?;
+async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
+    let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
     match command {
         TopologyCommand::Apply { file } => {
@@ -124,10 +134,10 @@ struct EndView {
     drops: u64,
 }
 
-async fn links(state_dir: &std::path::Path, pin_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let mut store = EmbeddedStore::open(state_dir)?;
+async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
-    let dataplane = Dataplane::open(pin_root)?;
+    let dataplane = Dataplane::open(&settings.pin_root)?;
     let mut by_link: BTreeMap<String, [Option<records::EndRecord>; 2]> = BTreeMap::new();
     for link in records::topology(&mut tx).await?.links {
         by_link.entry(link.id()).or_default();
@@ -203,14 +213,14 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
     Ok(())
 }
 
-async fn unload(state_dir: &std::path::Path, pin_root: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    let mut store = EmbeddedStore::open(state_dir)?;
+async fn unload(settings: &Settings, force: bool) -> anyhow::Result<()> {
+    let mut store = store::open(settings).await?;
     let attached = records::all_ends(&mut store.begin().await?).await?.len();
     if attached > 0 && !force {
         anyhow::bail!("{attached} link end(s) are attached; delete their pods first, or pass --force");
     }
-    Dataplane::unload(pin_root)?;
-    println!("removed {}", pin_root.display());
+    Dataplane::unload(&settings.pin_root)?;
+    println!("removed {}", settings.pin_root.display());
     Ok(())
 }
 

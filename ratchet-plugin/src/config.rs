@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{cni::error::CniError, topology::Topology};
+use crate::{cni::error::CniError, store::EtcdConfig, topology::Topology};
 
 /// Where the embedded store lives when the config names no `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ratchet";
@@ -58,12 +58,22 @@ pub struct Settings {
     /// links, run before ratchet adds them.
     #[serde(default)]
     pub boot_network: Option<serde_json::Value>,
-    /// Seed keys accepted as written; the etcd store is not built yet, and
-    /// labels and the child helper have no counterpart (see `unused_seed_keys`).
+    /// etcd endpoints (`http://host:port`): the store for several nodes.
+    /// Without any, the embedded store in `state_dir` is used.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// The seed's way to name one etcd endpoint.
     #[serde(default)]
     pub etcd_host: Option<String>,
     #[serde(default)]
     pub etcd_port: Option<u16>,
+    /// etcd user and password, when its authentication is on.
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<String>,
+    /// Seed keys accepted as written; labels and the child helper have no
+    /// counterpart (see `unused_seed_keys`).
     #[serde(default)]
     pub use_labels: Option<bool>,
     #[serde(default)]
@@ -123,9 +133,6 @@ impl Settings {
     /// so a verb can log them instead of failing a config that worked before.
     pub fn unused_seed_keys(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
-        if self.etcd_host.is_some() || self.etcd_port.is_some() {
-            unused.push("etcd_host/etcd_port: the etcd store is not built yet; using the embedded store");
-        }
         if self.use_labels.is_some() {
             unused.push("use_labels: links come from the topology, not pod labels");
         }
@@ -133,6 +140,17 @@ impl Settings {
             unused.push("child_path: ratchet forks no helper binary");
         }
         unused
+    }
+
+    /// How to reach etcd, if the config names it (`etcd_endpoints`, or the
+    /// seed's `etcd_host` with `etcd_port`, 2379 by default).
+    pub fn etcd(&self) -> Option<EtcdConfig> {
+        let mut endpoints = self.etcd_endpoints.clone();
+        if let Some(host) = &self.etcd_host {
+            endpoints.push(format!("http://{host}:{}", self.etcd_port.unwrap_or(2379)));
+        }
+        let credentials = self.etcd_username.clone().zip(self.etcd_password.clone());
+        (!endpoints.is_empty()).then_some(EtcdConfig { endpoints, credentials })
     }
 
     /// The node name records carry: the configured one, else the host name.

@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 8] = [
+const APT_PACKAGES: [&str; 12] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -29,6 +29,12 @@ const APT_PACKAGES: [&str; 8] = [
     "iputils-ping",
     "iperf3",
     "containernetworking-plugins",
+    // etcd-client's build runs protoc, which needs the well-known protos too.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    // The multi-node tests start a real etcd.
+    "etcd-server",
+    "etcd-client",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -19,7 +19,7 @@ use crate::{
     netlink::{Netlink, VethSpec},
     pairing,
     store::{
-        EmbeddedStore, Store, Transaction,
+        self, Store, Transaction,
         records::{self, EndRecord, EndRef},
     },
     topology::{Link, PodRef, Side},
@@ -27,7 +27,7 @@ use crate::{
 
 /// True when the topology gives `pod` at least one link.
 pub async fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniError> {
-    let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
+    let mut store = store::open(&config.settings).await?;
     let mut tx = store.begin().await?;
     if let Some(topology) = &config.settings.topology {
         records::ensure_topology(&mut tx, topology).await?;
@@ -45,7 +45,7 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
     let netns_error =
         |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
     let netns = File::open(&env.netns).map_err(netns_error)?;
-    let mut store = EmbeddedStore::open(&settings.state_dir)?;
+    let mut store = store::open(settings).await?;
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
     let host = Netlink::host()?;
     let in_pod = Netlink::in_netns(&env.netns)?;

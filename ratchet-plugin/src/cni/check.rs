@@ -15,7 +15,7 @@ use crate::{
     netlink::Netlink,
     pairing,
     store::{
-        EmbeddedStore, Store,
+        self, Store,
         records::{self, EndRecord},
     },
     topology::{Link, Side},
@@ -52,7 +52,7 @@ pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniE
 }
 
 async fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, CniError> {
-    let mut store = EmbeddedStore::open(&config.settings.state_dir)?;
+    let mut store = store::open(&config.settings).await?;
     let mut tx = store.begin().await?;
     let mut attached = Vec::new();
     for held in records::container_ends(&mut tx, &env.container_id).await? {

@@ -16,7 +16,7 @@ use crate::{
     netlink::Netlink,
     pairing,
     store::{
-        EmbeddedStore, Store, Transaction,
+        self, Store, Transaction,
         records::{self, EndRecord},
     },
     topology::Side,
@@ -32,7 +32,7 @@ pub struct Released {
 /// Returns the ends it released (none for a container ratchet never served).
 pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
-    let mut store = EmbeddedStore::open(&settings.state_dir)?;
+    let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
     let refs = records::container_ends(&mut tx, &env.container_id).await?;
     if refs.is_empty() {

@@ -73,7 +73,7 @@ impl CniError {
             CniError::Config { .. } | CniError::Topology(_) => WireError::InvalidNetworkConfig(details),
             CniError::IncompatibleVersion(_) => WireError::IncompatibleVersion(details),
             CniError::Io(_) => WireError::IOFailure(details),
-            CniError::Store(StoreError::Busy { .. }) => WireError::TryAgainLater(details),
+            CniError::Store(error) if error.is_transient() => WireError::TryAgainLater(details),
             CniError::Store(_) => WireError::IOFailure(details),
             CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
             CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),

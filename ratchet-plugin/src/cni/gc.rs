@@ -11,7 +11,7 @@ use super::{Config, del, error::CniError};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
-    store::{EmbeddedStore, Store, Transaction, records},
+    store::{self, AnyStore, Store, Transaction, records},
 };
 
 /// The config key the runtime lists valid attachments under.
@@ -32,7 +32,7 @@ pub async fn gc(config: &Config) -> Vec<String> {
             None
         }
     };
-    let mut store = match EmbeddedStore::open(&settings.state_dir) {
+    let mut store = match store::open(settings).await {
         Ok(store) => store,
         Err(e) => return vec![e.to_string()],
     };
@@ -58,7 +58,7 @@ pub async fn gc(config: &Config) -> Vec<String> {
 /// Releases every end not in `valid`; returns the released records and the
 /// host ifindexes of the ends that stay.
 async fn release_invalid(
-    store: &mut EmbeddedStore,
+    store: &mut AnyStore,
     host: &Netlink,
     mut dataplane: Option<&mut Dataplane>,
     valid: &HashSet<(&str, &str)>,

@@ -11,14 +11,15 @@ use super::{Config, del, error::CniError};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
-    store::{EmbeddedStore, Store, StoreError, records},
+    store::{
+        self, Store, StoreError, records},
 };
 
 pub async fn status(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
     let unanswered =
         |e: StoreError| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") };
-    let mut store = EmbeddedStore::open(&settings.state_dir).map_err(unanswered)?;
+    let mut store = store::open(settings).await.map_err(unanswered)?;
     let ends = async { records::all_ends(&mut store.begin().await?).await }.await.map_err(unanswered)?;
     // An end counts as attached while its host veth is still the one ADD
     // made: after a reboot the store still holds records until DEL or GC,

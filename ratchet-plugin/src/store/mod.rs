@@ -6,7 +6,8 @@
 //! must agree with the records) inside one, so two plugin processes never pair
 //! the same link twice or redirect into an end that is going away. This is the
 //! shape an etcd backend implements too (a lock plus a transaction), so the
-//! verbs never know which backend they talk to.
+//! verbs never know which backend they talk to: [`open`] picks one from the
+//! config.
 //!
 //! Key layout (all under `/ratchet/`):
 //! - `topology/links/<link id>`: the link as the topology gives it;
@@ -15,11 +16,15 @@
 //! - `containers/<container id>`: the link ends that container attached.
 
 mod embedded;
+mod etcd;
 pub mod records;
 
 use std::time::Duration;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, EmbeddedTx};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTx};
+
+use crate::config::Settings;
 
 /// What can go wrong talking to a store.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,88 @@ pub enum StoreError {
     Io { path: String, message: String },
     #[error("store record {key} is not valid: {message}")]
     Corrupt { key: String, message: String },
+    /// etcd cannot be reached or did not answer in time: retrying helps.
+    #[error("etcd at {endpoints} is unavailable: {message}")]
+    Unavailable { endpoints: String, message: String },
+    /// Another node changed what this transaction read: retrying helps.
+    #[error("etcd at {endpoints}: another writer changed these records first")]
+    Conflict { endpoints: String },
+}
+
+impl StoreError {
+    /// Whether the runtime should simply try the verb again (CNI code 11).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Busy { .. } | StoreError::Unavailable { .. } | StoreError::Conflict { .. })
+    }
+}
+
+/// The store the config names: etcd when it gives endpoints, else the
+/// embedded store in `state_dir`.
+pub async fn open(settings: &Settings) -> Result<AnyStore, StoreError> {
+    match settings.etcd() {
+        Some(config) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(&config, &settings.state_dir).await?))),
+        None => Ok(AnyStore::Embedded(EmbeddedStore::open(&settings.state_dir)?)),
+    }
+}
+
+/// Either backend, so the verbs are written once.
+pub enum AnyStore {
+    Embedded(EmbeddedStore),
+    /// Boxed: the etcd client is a few KiB.
+    Etcd(Box<EtcdStore>),
+}
+
+pub enum AnyTx<'a> {
+    Embedded(EmbeddedTx<'a>),
+    Etcd(EtcdTx<'a>),
+}
+
+impl Store for AnyStore {
+    type Tx<'a> = AnyTx<'a>;
+
+    async fn begin(&mut self) -> Result<AnyTx<'_>, StoreError> {
+        Ok(match self {
+            AnyStore::Embedded(store) => AnyTx::Embedded(store.begin().await?),
+            AnyStore::Etcd(store) => AnyTx::Etcd(store.begin().await?),
+        })
+    }
+}
+
+impl Transaction for AnyTx<'_> {
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            AnyTx::Embedded(tx) => tx.get(key).await,
+            AnyTx::Etcd(tx) => tx.get(key).await,
+        }
+    }
+
+    async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            AnyTx::Embedded(tx) => tx.scan(prefix).await,
+            AnyTx::Etcd(tx) => tx.scan(prefix).await,
+        }
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        match self {
+            AnyTx::Embedded(tx) => tx.put(key, value).await,
+            AnyTx::Etcd(tx) => tx.put(key, value).await,
+        }
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), StoreError> {
+        match self {
+            AnyTx::Embedded(tx) => tx.delete(key).await,
+            AnyTx::Etcd(tx) => tx.delete(key).await,
+        }
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            AnyTx::Embedded(tx) => tx.commit().await,
+            AnyTx::Etcd(tx) => tx.commit().await,
+        }
+    }
 }
 
 /// A backend that can open transactions. The verbs run on one thread, so

@@ -1,0 +1,147 @@
+//! The store for several nodes: etcd, through `etcd-client`.
+//!
+//! Transactions are optimistic: reads remember each key's `mod_revision`
+//! (0 for a key that is not there), writes are buffered, and the commit is
+//! one etcd transaction that applies them only if no key read has changed
+//! since. Two nodes attaching the two ends of one link at the same moment
+//! therefore complete it once: the second commit fails (try again later, 11)
+//! and its retry finds the first end. Plugin processes on one node also
+//! take a node-local lock, as with the embedded store, so their kernel
+//! changes (map entries) never interleave.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    os::unix::fs::DirBuilderExt,
+    path::Path,
+    time::Duration,
+};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{Store, StoreError, Transaction};
+
+/// How long connecting, and each request, may take before the verb gives
+/// up with "try again later".
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// User and password, when etcd has authentication on.
+    pub credentials: Option<(String, String)>,
+}
+
+pub struct EtcdStore {
+    client: Client,
+    endpoints: String,
+    lock_file: std::path::PathBuf,
+}
+
+impl EtcdStore {
+    /// Connects; `state_dir` holds the node-local lock file.
+    pub async fn connect(config: &EtcdConfig, state_dir: &Path) -> Result<Self, StoreError> {
+        let endpoints = config.endpoints.join(",");
+        let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(REQUEST_TIMEOUT);
+        if let Some((user, password)) = &config.credentials {
+            options = options.with_user(user, password);
+        }
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::Unavailable { endpoints: endpoints.clone(), message: e.to_string() })?;
+        let io = |e: std::io::Error| StoreError::Io { path: state_dir.display().to_string(), message: e.to_string() };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io)?;
+        Ok(Self { client, endpoints, lock_file: state_dir.join("etcd.lock") })
+    }
+}
+
+impl Store for EtcdStore {
+    type Tx<'a> = EtcdTx<'a>;
+
+    async fn begin(&mut self) -> Result<EtcdTx<'_>, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
+        let file = fs::File::create(&self.lock_file).map_err(io)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+        Ok(EtcdTx { store: self, reads: HashMap::new(), writes: BTreeMap::new(), _lock: lock })
+    }
+}
+
+pub struct EtcdTx<'a> {
+    store: &'a mut EtcdStore,
+    /// Each key read, with the revision it was read at (0: absent).
+    reads: HashMap<String, i64>,
+    /// Buffered writes: `None` deletes.
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    _lock: Flock<fs::File>,
+}
+
+impl EtcdTx<'_> {
+    fn unavailable(&self, error: etcd_client::Error) -> StoreError {
+        StoreError::Unavailable { endpoints: self.store.endpoints.clone(), message: error.to_string() }
+    }
+}
+
+impl Transaction for EtcdTx<'_> {
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(written) = self.writes.get(key) {
+            return Ok(written.clone());
+        }
+        let response = self.store.client.get(key, None).await.map_err(|e| self.unavailable(e))?;
+        let found = response.kvs().first();
+        self.reads.insert(key.into(), found.map_or(0, |kv| kv.mod_revision()));
+        Ok(found.map(|kv| kv.value().to_vec()))
+    }
+
+    async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.store.client.get(prefix, Some(options)).await.map_err(|e| self.unavailable(e))?;
+        let mut found = BTreeMap::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            self.reads.insert(key.clone(), kv.mod_revision());
+            found.insert(key, kv.value().to_vec());
+        }
+        for (key, written) in self.writes.range(prefix.to_owned()..).take_while(|(key, _)| key.starts_with(prefix)) {
+            match written {
+                Some(value) => found.insert(key.clone(), value.clone()),
+                None => found.remove(key),
+            };
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.writes.insert(key.into(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), StoreError> {
+        self.writes.insert(key.into(), None);
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let unchanged: Vec<Compare> =
+            self.reads.iter().map(|(key, revision)| Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision)).collect();
+        let writes: Vec<TxnOp> = self
+            .writes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(key.as_str(), value.clone(), None),
+                None => TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        let txn = Txn::new().when(unchanged).and_then(writes);
+        let response = self.store.client.txn(txn).await.map_err(|e| self.unavailable(e))?;
+        if !response.succeeded() {
+            return Err(StoreError::Conflict { endpoints: self.store.endpoints.clone() });
+        }
+        Ok(())
+    }
+}
