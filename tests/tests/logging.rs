@@ -131,9 +131,8 @@ fn the_seeds_unused_keys_are_accepted_with_a_logged_warning() {
     let node = Node::new();
     let log = node.state_dir.path().join("verbs.log");
     let mut config = logging_config(&node, &log);
+    // etcd_host/etcd_port select the etcd store now; the etcd tests cover them.
     for (key, value) in [
-        ("etcd_host", json!("10.0.0.2")),
-        ("etcd_port", json!(2379)),
         ("use_labels", json!(false)),
         ("child_path", json!("/opt/cni/bin/ratchet-child")),
     ] {
@@ -145,7 +144,7 @@ fn the_seeds_unused_keys_are_accepted_with_a_logged_warning() {
     assert!(added.success, "the seed's config shape is accepted: {}", added.stdout);
     assert_only_the_result(&added, true);
     let lines = lines(&log);
-    for key in ["etcd_host", "use_labels", "child_path"] {
+    for key in ["use_labels", "child_path"] {
         assert!(lines.iter().any(|l| l.contains("WARN") && l.contains(key)), "{key} is warned about: {lines:#?}");
     }
     assert!(lines.iter().any(|l| l.contains("verb=ADD") && l.contains(" ok ")), "{lines:#?}");
