@@ -11,8 +11,15 @@
 /// straight to the peer's pod, or are dropped while the peer is missing.
 pub const PROG_TO_PEER: &str = "ratchet_to_peer";
 
+/// The classifier on the node's VXLAN device: frames from a peer on another
+/// node go into the pod whose link the VNI names.
+pub const PROG_FROM_TUNNEL: &str = "ratchet_from_vx";
+
 /// Host ifindex -> [`Peer`]: where frames entering that host veth go.
 pub const MAP_PEERS: &str = "RATCHET_PEERS";
+
+/// VNI -> [`Local`]: the host veth of this node's end of that cross-node link.
+pub const MAP_TUNNELS: &str = "RATCHET_VNIS";
 
 /// Host ifindex -> [`EndStats`], per CPU: what each link end forwarded and dropped.
 pub const MAP_STATS: &str = "RATCHET_STATS";
@@ -24,11 +31,30 @@ pub const MAP_SWITCHES: &str = ".bss";
 /// How many link ends one node can hold; both maps are sized by it.
 pub const MAX_ENDS: u32 = 16384;
 
+/// [`Peer::flags`]: the peer is on another node, behind the VXLAN device.
+pub const PEER_REMOTE: u32 = 1;
+
 /// Where frames entering a host veth are sent.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// The peer's host veth; `bpf_redirect_peer` delivers into the pod end behind it.
+    /// Same node: the peer's host veth (`bpf_redirect_peer` delivers into
+    /// the pod end behind it). Another node: this node's VXLAN device.
+    pub ifindex: u32,
+    /// Another node: the link's VXLAN network identifier.
+    pub vni: u32,
+    /// Another node: its underlay IPv4 address, in host byte order (as
+    /// `bpf_skb_set_tunnel_key` takes it).
+    pub remote_ipv4: u32,
+    /// [`PEER_REMOTE`] or 0.
+    pub flags: u32,
+}
+
+/// This node's end of a cross-node link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    /// The end's host veth: decapsulated frames go into the pod behind it.
     pub ifindex: u32,
 }
 
@@ -67,10 +93,12 @@ pub struct Switches {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::Peer {}
+    unsafe impl aya::Pod for super::Local {}
     unsafe impl aya::Pod for super::EndStats {}
     unsafe impl aya::Pod for super::Switches {}
 }
 
-const _: () = assert!(core::mem::size_of::<Peer>() == 4);
+const _: () = assert!(core::mem::size_of::<Peer>() == 16);
+const _: () = assert!(core::mem::size_of::<Local>() == 4);
 const _: () = assert!(core::mem::size_of::<EndStats>() == 24);
 const _: () = assert!(core::mem::size_of::<Switches>() == 4);

@@ -5,24 +5,39 @@
 //! `bpf_redirect_peer`, which skips the host stack and the peer's host veth.
 //! Nothing else forwards (no bridge, no routes, no proxy ARP), so the pair
 //! behaves like a cable and ARP and IPv6 neighbour discovery just cross it.
+//!
+//! A peer on another node is reached through the node's one VXLAN device in
+//! collect-metadata mode: the program sets the tunnel key (the link's VNI,
+//! the remote node's address) and redirects to it; on the far side a second
+//! program on the VXLAN device's ingress maps the VNI to the local end.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{TC_ACT_SHOT, bpf_tunnel_key},
     btf_maps::{HashMap, PerCpuHashMap},
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use ratchet_common::{EndStats, MAX_ENDS, Peer, Switches};
+use ratchet_common::{EndStats, Local, MAX_ENDS, PEER_REMOTE, Peer, Switches};
 
 #[btf_map]
 static RATCHET_PEERS: HashMap<u32, Peer, { MAX_ENDS as usize }> = HashMap::new();
 
 #[btf_map]
 static RATCHET_STATS: PerCpuHashMap<u32, EndStats, { MAX_ENDS as usize }> = PerCpuHashMap::new();
+
+#[btf_map]
+static RATCHET_VNIS: HashMap<u32, Local, { MAX_ENDS as usize }> = HashMap::new();
+
+/// `skb->pkt_type` values (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+const PACKET_OTHERHOST: u32 = 3;
+
+/// Outer TTL for encapsulated frames.
+const TUNNEL_TTL: u8 = 64;
 
 /// Flipped by user space through the pinned `.bss` map; read with a plain
 /// load, so checking it costs no helper call.
@@ -49,6 +64,9 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
                     (*stats).bytes += u64::from(ctx.len());
                 }
             }
+            if peer.flags & PEER_REMOTE != 0 {
+                return into_tunnel(&ctx, &peer);
+            }
             // SAFETY: the helper only reads its arguments.
             unsafe { bpf_redirect_peer(peer.ifindex, 0) as i32 }
         }
@@ -60,6 +78,48 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Sends a frame to a peer on another node: tunnel key, then out of the
+/// node's VXLAN device.
+fn into_tunnel(ctx: &TcContext, peer: &Peer) -> i32 {
+    // SAFETY: all-zero is a valid bpf_tunnel_key (it has no Default).
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = peer.vni;
+    key.__bindgen_anon_1.remote_ipv4 = peer.remote_ipv4;
+    key.tunnel_ttl = TUNNEL_TTL;
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: the key lives on this stack frame for the call.
+    if unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size, 0) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the helper only reads its arguments.
+    unsafe { bpf_redirect(peer.ifindex, 0) as i32 }
+}
+
+/// On the VXLAN device's ingress: a decapsulated frame goes into the pod
+/// whose end the VNI names, or is dropped.
+#[classifier]
+pub fn ratchet_from_vx(ctx: TcContext) -> i32 {
+    // SAFETY: all-zero is a valid bpf_tunnel_key.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: the key lives on this stack frame for the call.
+    if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size, 0) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the entry is only read here.
+    let Some(local) = (unsafe { RATCHET_VNIS.get(key.tunnel_id) }).copied() else {
+        return TC_ACT_SHOT;
+    };
+    // The VXLAN device's MAC is not the pod's, so a unicast frame was marked
+    // for another host; the pod's IP layer would drop it as such.
+    // SAFETY: the kernel hands every classifier a valid __sk_buff.
+    if unsafe { (*ctx.skb.skb).pkt_type } == PACKET_OTHERHOST && ctx.change_type(PACKET_HOST).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the helper only reads its arguments.
+    unsafe { bpf_redirect_peer(local.ifindex, 0) as i32 }
 }
 
 #[cfg(not(test))]

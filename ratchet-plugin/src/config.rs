@@ -8,7 +8,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{cni::error::CniError, store::EtcdConfig, topology::Topology};
+use crate::{
+    cni::error::CniError,
+    store::EtcdConfig,
+    topology::{DEFAULT_MTU, Topology},
+};
 
 /// Where the embedded store lives when the config names no `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ratchet";
@@ -41,6 +45,13 @@ pub struct Settings {
     pub node_name: Option<String>,
     #[serde(default)]
     pub attach: AttachMode,
+    /// This node's underlay IPv4 address. Given, the node takes part in
+    /// cross-node links: it gets a VXLAN device and registers in the store.
+    #[serde(default)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// The UDP port of the VXLAN underlay.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
     /// A topology carried in the config itself (e.g. from a ConfigMap):
     /// when given, ADD makes it the store's topology before it looks up links.
     #[serde(default)]
@@ -110,6 +121,13 @@ impl Default for Settings {
     }
 }
 
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+/// VXLAN over IPv4 adds 50 bytes (outer Ethernet, IPv4, UDP and VXLAN headers).
+const VXLAN_OVERHEAD: u32 = 50;
+
 fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
@@ -140,6 +158,14 @@ impl Settings {
             unused.push("child_path: ratchet forks no helper binary");
         }
         unused
+    }
+
+    /// A link's MTU: its own, else a plain Ethernet frame, less the VXLAN
+    /// overhead on a node that takes part in cross-node links (a pod may
+    /// land on any node, so every link must fit the tunnel).
+    pub fn link_mtu(&self, link: &crate::topology::Link) -> u32 {
+        let default = if self.node_ip.is_some() { DEFAULT_MTU - VXLAN_OVERHEAD } else { DEFAULT_MTU };
+        link.mtu.unwrap_or(default)
     }
 
     /// How to reach etcd, if the config names it (`etcd_endpoints`, or the

@@ -26,9 +26,11 @@ use nix::{
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
-use ratchet_common::{EndStats, MAP_PEERS, MAP_STATS, MAP_SWITCHES, PROG_TO_PEER, Peer, Switches};
+use ratchet_common::{
+    EndStats, Local, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_TUNNELS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer, Switches,
+};
 
-use crate::config::AttachMode;
+use crate::{config::AttachMode, pairing::Entry};
 
 /// The object `build.rs` compiled from `ratchet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ratchet"));
@@ -38,7 +40,9 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// Pin names under the pin root (bpftool takes these paths).
 const PIN_PROG: &str = PROG_TO_PEER;
+const PIN_PROG_TUNNEL: &str = PROG_FROM_TUNNEL;
 const PIN_PEERS: &str = "peers";
+const PIN_TUNNELS: &str = "vnis";
 const PIN_STATS: &str = "stats";
 const PIN_SWITCHES: &str = "switches";
 /// tcx links, one pin per host veth.
@@ -67,7 +71,9 @@ pub struct Dataplane {
     root: PathBuf,
     generation: u32,
     program: SchedClassifier,
+    tunnel_program: SchedClassifier,
     peers: HashMap<MapData, u32, Peer>,
+    tunnels: HashMap<MapData, u32, Local>,
     stats: PerCpuHashMap<MapData, u32, EndStats>,
 }
 
@@ -98,8 +104,12 @@ impl Dataplane {
         if !prog_pin.exists() {
             return Ok(None);
         }
-        let program = SchedClassifier::from_pin(&prog_pin)
-            .map_err(|source| DataplaneError::Program { what: format!("open {}", prog_pin.display()), source })?;
+        let open_program = |pin: &Path| {
+            SchedClassifier::from_pin(pin)
+                .map_err(|source| DataplaneError::Program { what: format!("open {}", pin.display()), source })
+        };
+        let program = open_program(&prog_pin)?;
+        let tunnel_program = open_program(&root.join(PIN_PROG_TUNNEL))?;
         let peers_pin = root.join(PIN_PEERS);
         let generation = aya::maps::MapInfo::from_pin(&peers_pin)
             .map_err(|source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source })?
@@ -108,7 +118,9 @@ impl Dataplane {
             root: root.to_owned(),
             generation,
             program,
+            tunnel_program,
             peers: open_map(root, PIN_PEERS)?,
+            tunnels: open_map(root, PIN_TUNNELS)?,
             stats: open_map(root, PIN_STATS)?,
         }))
     }
@@ -124,18 +136,7 @@ impl Dataplane {
     pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
         let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
         match mode {
-            AttachMode::Clsact => {
-                match tc::qdisc_add_clsact(ifname) {
-                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source })?,
-                }
-                let options = TcAttachOptions::Netlink(NlOptions::default());
-                let id =
-                    self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
-                // Dropping the link would delete the filter; the filter must
-                // outlive this process, and goes with the veth.
-                std::mem::forget(self.program.take_link(id).map_err(attach_error)?);
-            }
+            AttachMode::Clsact => attach_clsact(&mut self.program, ifname)?,
             AttachMode::Tcx => {
                 let options = TcAttachOptions::TcxOrder(LinkOrder::default());
                 let id =
@@ -155,6 +156,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the tunnel program to the node's VXLAN device's ingress.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        attach_clsact(&mut self.tunnel_program, ifname)
+    }
+
     /// Removes a tcx link pin, which detaches it (the clsact filter needs
     /// nothing: it goes with the veth). A missing pin is not an error.
     pub fn detach_tcx(&self, ifname: &str) -> Result<(), DataplaneError> {
@@ -169,26 +175,45 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Frames entering host veth `from` go into the pod behind host veth `to`.
-    pub fn forward(&mut self, from: u32, to: u32) -> Result<(), DataplaneError> {
-        self.peers
-            .insert(from, Peer { ifindex: to }, 0)
-            .map_err(|source| DataplaneError::Map { what: format!("{MAP_PEERS}[{from}] = {to}"), source })
+    /// Writes one forwarding entry.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
+        let written = match *entry {
+            Entry::Peer { from, to } => self.peers.insert(from, to, 0),
+            Entry::Tunnel { vni, to } => self.tunnels.insert(vni, Local { ifindex: to }, 0),
+        };
+        written.map_err(|source| DataplaneError::Map { what: format!("write {entry:?}"), source })
     }
 
-    /// Frames entering `from` are dropped from now on. Missing is fine.
-    pub fn unforward(&mut self, from: u32) -> Result<(), DataplaneError> {
-        ignore_missing(self.peers.remove(&from))
-            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_PEERS}[{from}]"), source })
+    /// Removes whatever occupies an entry's slot. Missing is fine.
+    pub fn remove(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
+        let removed = match *entry {
+            Entry::Peer { from, .. } => self.peers.remove(&from),
+            Entry::Tunnel { vni, .. } => self.tunnels.remove(&vni),
+        };
+        ignore_missing(removed).map_err(|source| DataplaneError::Map { what: format!("remove {entry:?}"), source })
     }
 
-    /// Where frames entering `from` go now, if anywhere.
-    pub fn peer_of(&self, from: u32) -> Result<Option<u32>, DataplaneError> {
-        match self.peers.get(&from, 0) {
-            Ok(peer) => Ok(Some(peer.ifindex)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_PEERS}[{from}]"), source }),
+    /// Every forwarding entry in the maps.
+    pub fn entries(&self) -> Result<Vec<Entry>, DataplaneError> {
+        let read_error = |map: &str, source| DataplaneError::Map { what: format!("list {map}"), source };
+        let mut entries = Vec::new();
+        for item in self.peers.iter() {
+            let (from, to) = item.map_err(|e| read_error(MAP_PEERS, e))?;
+            entries.push(Entry::Peer { from, to });
         }
+        for item in self.tunnels.iter() {
+            let (vni, local) = item.map_err(|e| read_error(MAP_TUNNELS, e))?;
+            entries.push(Entry::Tunnel { vni, to: local.ifindex });
+        }
+        Ok(entries)
+    }
+
+    /// Every host ifindex with counters.
+    pub fn tracked(&self) -> Result<Vec<u32>, DataplaneError> {
+        self.stats
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { what: format!("list {MAP_STATS}"), source })
     }
 
     /// True when the program is attached to this host veth through a pinned tcx link.
@@ -200,14 +225,6 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Program { what: format!("query tcx on {ifname}"), source })?;
         let ours = self.program_id()?;
         Ok(programs.iter().any(|program| program.id() == ours))
-    }
-
-    /// Every host ifindex with a forwarding entry, and every counted one.
-    pub fn keys(&self) -> Result<(Vec<u32>, Vec<u32>), DataplaneError> {
-        let read_error = |map: &str, source| DataplaneError::Map { what: format!("list {map}"), source };
-        let peers = self.peers.keys().collect::<Result<_, _>>().map_err(|e| read_error(MAP_PEERS, e))?;
-        let stats = self.stats.keys().collect::<Result<_, _>>().map_err(|e| read_error(MAP_STATS, e))?;
-        Ok((peers, stats))
     }
 
     /// Starts counting for a host veth, from zero.
@@ -255,6 +272,22 @@ impl Dataplane {
             other => other.map_err(|source| DataplaneError::PinRoot { path: root.display().to_string(), source }),
         }
     }
+}
+
+/// Attaches a program as a clsact direct-action filter on an interface's
+/// ingress and leaves it there: the filter outlives this process, and goes
+/// with the interface.
+fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<(), DataplaneError> {
+    let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
+    match tc::qdisc_add_clsact(ifname) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source })?,
+    }
+    let options = TcAttachOptions::Netlink(NlOptions::default());
+    let id = program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+    // Dropping the link would delete the filter.
+    std::mem::forget(program.take_link(id).map_err(attach_error)?);
+    Ok(())
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
@@ -306,14 +339,18 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
         path: dir.join(what).display().to_string(),
         source: io::Error::other(e),
     };
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(PROG_TO_PEER)
-        .expect("the object has the program")
-        .try_into()
-        .map_err(|source| DataplaneError::Program { what: PROG_TO_PEER.into(), source })?;
-    program.load().map_err(|source| DataplaneError::Program { what: format!("load {PROG_TO_PEER}"), source })?;
-    program.pin(dir.join(PIN_PROG)).map_err(|e| pin_error(PIN_PROG, e))?;
-    for (map, pin) in [(MAP_PEERS, PIN_PEERS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)] {
+    for (name, pin) in [(PROG_TO_PEER, PIN_PROG), (PROG_FROM_TUNNEL, PIN_PROG_TUNNEL)] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("the object has the program")
+            .try_into()
+            .map_err(|source| DataplaneError::Program { what: name.into(), source })?;
+        program.load().map_err(|source| DataplaneError::Program { what: format!("load {name}"), source })?;
+        program.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
+    }
+    let maps =
+        [(MAP_PEERS, PIN_PEERS), (MAP_TUNNELS, PIN_TUNNELS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
+    for (map, pin) in maps {
         ebpf.map(map).expect("the object has the map").pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
     }
     Ok(())

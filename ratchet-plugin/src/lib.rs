@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod delegate;
 pub mod naming;
 pub mod netlink;
+pub mod node;
 pub mod pairing;
 pub mod store;
 pub mod topology;

@@ -130,6 +130,31 @@ impl Netlink {
         Ok(host)
     }
 
+    /// Creates a VXLAN device in external (collect-metadata) mode: one for
+    /// all links, the eBPF program gives each frame its VNI and remote.
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        local: std::net::Ipv4Addr,
+        port: u16,
+    ) -> Result<LinkInfo, NetlinkError> {
+        let vxlan =
+            rtnetlink::LinkVxlan::new(name, 0).collect_metadata(true).local(local).port(port).learning(false).build();
+        let what = || format!("create VXLAN device {name} (local {local}, port {port})");
+        self.handle
+            .link()
+            .add(vxlan)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: what(), source })?;
+        let made = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::Request { what: what(), source: rtnetlink::Error::RequestFailed })?;
+        self.set_up(made.index, name).await?;
+        Ok(made)
+    }
+
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
     }

@@ -8,7 +8,9 @@
 //! again and no frame is ever redirected to a dead ifindex. This module is the
 //! pure part of that: records in, forwarding entries out.
 
-use std::fmt;
+use std::{collections::HashMap, fmt, net::Ipv4Addr};
+
+use ratchet_common::{PEER_REMOTE, Peer};
 
 use crate::store::records::EndRecord;
 
@@ -41,30 +43,75 @@ pub fn state(ends: &[Option<EndRecord>; 2]) -> LinkState {
     }
 }
 
-/// One forwarding entry on a node: frames entering host interface `from`
-/// leave into the pod behind host interface `to`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Forward {
-    pub from: u32,
-    pub to: u32,
+/// What a node needs to know to wire links whose peer is elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fabric {
+    /// This node's name, as its end records carry it.
+    pub node: String,
+    /// This node's VXLAN device, when it has one (several nodes).
+    pub vxlan_ifindex: Option<u32>,
+    /// Every registered node's underlay address.
+    pub node_ips: HashMap<String, Ipv4Addr>,
 }
 
-/// The entries `node` needs for a link with these ends: both directions when
-/// both ends are attached on this node, none otherwise.
-pub fn forwarding(ends: &[Option<EndRecord>; 2], node: &str) -> Vec<Forward> {
-    match ends {
-        [Some(a), Some(b)] if a.node == node && b.node == node => vec![
-            Forward { from: a.host_ifindex, to: b.host_ifindex },
-            Forward { from: b.host_ifindex, to: a.host_ifindex },
-        ],
-        _ => Vec::new(),
+impl Fabric {
+    /// A node that only wires links between its own pods.
+    pub fn single(node: &str) -> Self {
+        Self { node: node.into(), ..Self::default() }
     }
 }
 
-/// The map changes that take `before` to `after`: stale sources to remove
-/// first, then entries to write.
-pub fn rewire(before: &[Forward], after: &[Forward]) -> (Vec<u32>, Vec<Forward>) {
-    let stale = before.iter().filter(|old| !after.iter().any(|new| new.from == old.from)).map(|old| old.from).collect();
+/// One map entry on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `RATCHET_PEERS[from] = to`: frames entering host veth `from`.
+    Peer { from: u32, to: Peer },
+    /// `RATCHET_VNIS[vni] = to`: frames arriving through the tunnel.
+    Tunnel { vni: u32, to: u32 },
+}
+
+impl Entry {
+    /// Whether two entries occupy the same map slot.
+    pub fn same_slot(&self, other: &Entry) -> bool {
+        match (self, other) {
+            (Entry::Peer { from: a, .. }, Entry::Peer { from: b, .. }) => a == b,
+            (Entry::Tunnel { vni: a, .. }, Entry::Tunnel { vni: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The entries this node needs for a link with these ends: both directions
+/// when both ends are here; this end's two (out through the tunnel, in by
+/// its VNI) when the peer is on another node this node knows the address of;
+/// none while an end is missing.
+pub fn forwarding(ends: &[Option<EndRecord>; 2], fabric: &Fabric) -> Vec<Entry> {
+    let [Some(a), Some(b)] = ends else { return Vec::new() };
+    let here = |end: &EndRecord| end.node == fabric.node;
+    match (here(a), here(b)) {
+        (true, true) => vec![local(a, b), local(b, a)],
+        (true, false) => remote(a, b, fabric),
+        (false, true) => remote(b, a, fabric),
+        (false, false) => Vec::new(),
+    }
+}
+
+fn local(from: &EndRecord, to: &EndRecord) -> Entry {
+    Entry::Peer { from: from.host_ifindex, to: Peer { ifindex: to.host_ifindex, ..Peer::default() } }
+}
+
+fn remote(mine: &EndRecord, theirs: &EndRecord, fabric: &Fabric) -> Vec<Entry> {
+    let (Some(vni), Some(vxlan), Some(ip)) = (mine.vni, fabric.vxlan_ifindex, fabric.node_ips.get(&theirs.node)) else {
+        return Vec::new();
+    };
+    let to = Peer { ifindex: vxlan, vni, remote_ipv4: u32::from(*ip), flags: PEER_REMOTE };
+    vec![Entry::Peer { from: mine.host_ifindex, to }, Entry::Tunnel { vni, to: mine.host_ifindex }]
+}
+
+/// The map changes that take `before` to `after`: entries whose slot is no
+/// longer wanted (to remove first), then entries to write.
+pub fn rewire(before: &[Entry], after: &[Entry]) -> (Vec<Entry>, Vec<Entry>) {
+    let stale = before.iter().filter(|old| !after.iter().any(|new| new.same_slot(old))).copied().collect();
     let fresh = after.iter().filter(|new| !before.contains(new)).copied().collect();
     (stale, fresh)
 }
@@ -85,21 +132,23 @@ mod tests {
             host_ifindex: ifindex,
             node: node.into(),
             dataplane: 1,
+            vni: Some(7),
         })
     }
 
     #[test]
     fn either_order_ends_up_wired_both_ways() {
-        let wired = vec![Forward { from: 10, to: 20 }, Forward { from: 20, to: 10 }];
+        let n1 = Fabric::single("n1");
+        let wired = vec![peer(10, 20), peer(20, 10)];
         for first in [0, 1] {
             let mut ends = [None, None];
             ends[first] = if first == 0 { end(10, "n1") } else { end(20, "n1") };
             assert_eq!(state(&ends), LinkState::Waiting);
-            assert!(forwarding(&ends, "n1").is_empty(), "a lone end forwards nowhere");
-            let before = forwarding(&ends, "n1");
+            assert!(forwarding(&ends, &n1).is_empty(), "a lone end forwards nowhere");
+            let before = forwarding(&ends, &n1);
             ends[1 - first] = if first == 0 { end(20, "n1") } else { end(10, "n1") };
             assert_eq!(state(&ends), LinkState::Up);
-            let (stale, fresh) = rewire(&before, &forwarding(&ends, "n1"));
+            let (stale, fresh) = rewire(&before, &forwarding(&ends, &n1));
             assert!(stale.is_empty());
             assert_eq!(fresh, wired);
         }
@@ -107,28 +156,41 @@ mod tests {
 
     #[test]
     fn a_leaving_end_unwires_both_directions() {
+        let n1 = Fabric::single("n1");
         let mut ends = [end(10, "n1"), end(20, "n1")];
-        let before = forwarding(&ends, "n1");
+        let before = forwarding(&ends, &n1);
         ends[1] = None;
-        let (stale, fresh) = rewire(&before, &forwarding(&ends, "n1"));
-        assert_eq!(stale, vec![10, 20]);
+        let (stale, fresh) = rewire(&before, &forwarding(&ends, &n1));
+        assert_eq!(stale, vec![peer(10, 20), peer(20, 10)]);
         assert!(fresh.is_empty());
         assert_eq!(state(&ends), LinkState::Waiting);
     }
 
     #[test]
     fn a_replaced_end_rewires_to_its_new_interface() {
+        let n1 = Fabric::single("n1");
         let mut ends = [end(10, "n1"), end(20, "n1")];
-        let before = forwarding(&ends, "n1");
+        let before = forwarding(&ends, &n1);
         ends[1] = end(30, "n1");
-        let (stale, fresh) = rewire(&before, &forwarding(&ends, "n1"));
-        assert_eq!(stale, vec![20]);
-        assert_eq!(fresh, vec![Forward { from: 10, to: 30 }, Forward { from: 30, to: 10 }]);
+        let (stale, fresh) = rewire(&before, &forwarding(&ends, &n1));
+        assert_eq!(stale, vec![peer(20, 10)]);
+        assert_eq!(fresh, vec![peer(10, 30), peer(30, 10)]);
     }
 
     #[test]
-    fn ends_on_other_nodes_are_not_wired_here() {
-        assert!(forwarding(&[end(10, "n1"), end(20, "n2")], "n1").is_empty());
+    fn a_peer_on_another_node_goes_through_the_tunnel() {
+        let mut fabric = Fabric { node: "n1".into(), vxlan_ifindex: Some(99), node_ips: HashMap::new() };
+        let ends = [end(10, "n1"), end(20, "n2")];
+        assert!(forwarding(&ends, &fabric).is_empty(), "the peer's node address is not known yet");
+        fabric.node_ips.insert("n2".into(), Ipv4Addr::new(192, 0, 2, 2));
+        let to = Peer { ifindex: 99, vni: 7, remote_ipv4: 0xc000_0202, flags: PEER_REMOTE };
+        assert_eq!(forwarding(&ends, &fabric), vec![Entry::Peer { from: 10, to }, Entry::Tunnel { vni: 7, to: 10 }]);
+        fabric.node = "n3".into();
+        assert!(forwarding(&ends, &fabric).is_empty(), "neither end is here");
         assert_eq!(state(&[None, None]), LinkState::Down);
+    }
+
+    fn peer(from: u32, to: u32) -> Entry {
+        Entry::Peer { from, to: Peer { ifindex: to, ..Peer::default() } }
     }
 }

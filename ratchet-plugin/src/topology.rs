@@ -230,7 +230,8 @@ impl Side {
     }
 }
 
-/// The MTU a link gets when the topology names none: a plain Ethernet frame.
+/// The MTU a link gets when the topology names none and no tunnel shrinks
+/// it: a plain Ethernet frame.
 pub const DEFAULT_MTU: u32 = 1500;
 
 /// A point-to-point link between two pod interfaces.
@@ -264,10 +265,6 @@ impl Link {
             Side::A => &self.a,
             Side::B => &self.b,
         }
-    }
-
-    pub fn mtu(&self) -> u32 {
-        self.mtu.unwrap_or(DEFAULT_MTU)
     }
 
     /// The sides of this link that belong to `pod` (both, for a pod linked to itself).
@@ -359,7 +356,7 @@ mod tests {
         let topology = Topology::from_json(PAIR).unwrap();
         let link = &topology.links[0];
         assert_eq!(link.id(), "l1");
-        assert_eq!(link.mtu(), 9000);
+        assert_eq!(link.mtu, Some(9000));
         assert_eq!(link.b.mac.unwrap().to_string(), "02:00:00:00:00:02");
         let alpha = PodRef::new("default", "alpha").unwrap();
         assert_eq!(link.sides_of(&alpha).collect::<Vec<_>>(), vec![Side::A]);

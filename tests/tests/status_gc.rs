@@ -196,25 +196,11 @@ fn gc_removes_map_entries_no_record_holds() {
     let pods = two_links(&node, 5);
     // A forwarding entry and a counter for host ifindex 0xfffe, which no end holds.
     let (peers, stats) = (node.pin_root.join("peers"), node.pin_root.join("stats"));
-    run(
-        "bpftool",
-        &[
-            "map",
-            "update",
-            "pinned",
-            peers.to_str().unwrap(),
-            "key",
-            "0xfe",
-            "0xff",
-            "0",
-            "0",
-            "value",
-            "1",
-            "0",
-            "0",
-            "0",
-        ],
-    );
+    // A Peer value is 16 bytes: ifindex 1, no VNI, no remote, no flags.
+    let mut peer_args =
+        vec!["map", "update", "pinned", peers.to_str().unwrap(), "key", "0xfe", "0xff", "0", "0", "value", "1"];
+    peer_args.extend(std::iter::repeat_n("0", 15));
+    run("bpftool", &peer_args);
     let zeros: Vec<&str> = std::iter::repeat_n("0", 24).collect();
     let mut args = vec!["map", "update", "pinned", stats.to_str().unwrap(), "key", "0xfe", "0xff", "0", "0", "value"];
     args.extend(&zeros);

@@ -13,11 +13,12 @@ use rscni_types::types::{CNIResult, Interface, IpConfig};
 
 use super::{Config, del, env::CniEnv, error::CniError};
 use crate::{
-    config::AttachMode,
+    config::Settings,
     dataplane::Dataplane,
     naming,
     netlink::{Netlink, VethSpec},
-    pairing,
+    node,
+    pairing::{self, Entry, Fabric},
     store::{
         self, Store, Transaction,
         records::{self, EndRecord, EndRef},
@@ -58,10 +59,11 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
     if links.is_empty() {
         return Err(CniError::PodNotInTopology { pod: pod.to_string() });
     }
+    let fabric = node::join(&mut tx, settings, &host, &mut dataplane).await?;
     // Ends still held by an earlier sandbox of this pod (its DEL was lost, or
     // this is a retry) are released first, in their own transaction, so
     // their veths can go before ours take the same names.
-    let stale = release_held_ends(&mut tx, &host, &mut dataplane, &links, &pod).await?;
+    let stale = release_held_ends(&mut tx, &host, &mut dataplane, &fabric, &links, &pod).await?;
     if !stale.is_empty() {
         tx.commit().await?;
         for end in &stale {
@@ -72,8 +74,8 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
 
     let mut attach = Attach {
         env,
-        node: settings.node(),
-        mode: settings.attach,
+        settings,
+        fabric: &fabric,
         host: &host,
         in_pod: &in_pod,
         netns: &netns,
@@ -101,13 +103,14 @@ async fn release_held_ends(
     tx: &mut impl Transaction,
     host: &Netlink,
     dataplane: &mut Dataplane,
+    fabric: &Fabric,
     links: &[Link],
     pod: &PodRef,
 ) -> Result<Vec<del::Released>, CniError> {
     let mut released = Vec::new();
     for link in links {
         for side in link.sides_of(pod) {
-            released.extend(del::release(tx, host, Some(dataplane), &link.id(), side, None).await?);
+            released.extend(del::release(tx, host, Some(dataplane), fabric, &link.id(), side, None).await?);
         }
     }
     Ok(released)
@@ -116,8 +119,8 @@ async fn release_held_ends(
 /// Everything one ADD needs while it attaches ends.
 struct Attach<'a> {
     env: &'a CniEnv,
-    node: String,
-    mode: AttachMode,
+    settings: &'a Settings,
+    fabric: &'a Fabric,
     host: &'a Netlink,
     in_pod: &'a Netlink,
     netns: &'a File,
@@ -157,14 +160,14 @@ impl Attach<'_> {
             host_ifname: &host_ifname,
             pod_ifname: ifname,
             pod_netns: self.netns,
-            mtu: link.mtu(),
+            mtu: self.settings.link_mtu(link),
             pod_mac: end.mac,
         };
         let veth = self.host.create_veth(&spec).await?;
         self.made.veths.push((veth.index, host_ifname.clone()));
         // Attach before the pod end is up, so the pod's first frame already
         // meets the program.
-        self.dataplane.attach(&host_ifname, self.mode)?;
+        self.dataplane.attach(&host_ifname, self.settings.attach)?;
         self.dataplane.track(veth.index)?;
         self.made.tracked.push(veth.index);
         let pod_end = self.in_pod.link_by_name(ifname).await?.ok_or_else(|| CniError::IfNameTaken {
@@ -182,20 +185,21 @@ impl Attach<'_> {
             ifname: end.ifname.clone(),
             host_ifname: host_ifname.clone(),
             host_ifindex: veth.index,
-            node: self.node.clone(),
+            node: self.fabric.node.clone(),
             dataplane: self.dataplane.generation(),
+            vni: records::link_vni(tx, &link.id()).await?,
         };
         let mut ends = records::ends(tx, &link.id()).await?;
         self.forget_dead_peer(tx, link, side.other(), &mut ends).await?;
-        let before = pairing::forwarding(&ends, &self.node);
+        let before = pairing::forwarding(&ends, self.fabric);
         ends[side.index()] = Some(record.clone());
-        let (stale, fresh) = pairing::rewire(&before, &pairing::forwarding(&ends, &self.node));
-        for from in stale {
-            self.dataplane.unforward(from)?;
+        let (stale, fresh) = pairing::rewire(&before, &pairing::forwarding(&ends, self.fabric));
+        for entry in stale {
+            self.dataplane.remove(&entry)?;
         }
-        for forward in fresh {
-            self.dataplane.forward(forward.from, forward.to)?;
-            self.made.forwards.push(forward.from);
+        for entry in fresh {
+            self.dataplane.apply(&entry)?;
+            self.made.entries.push(entry);
         }
         records::put_end(tx, &link.id(), side, &record).await?;
 
@@ -224,10 +228,10 @@ impl Attach<'_> {
         ends: &mut [Option<EndRecord>; 2],
     ) -> Result<(), CniError> {
         let Some(peer) = &ends[peer_side.index()] else { return Ok(()) };
-        if peer.node != self.node || del::is_live(self.host, peer).await? {
+        if peer.node != self.fabric.node || del::is_live(self.host, peer).await? {
             return Ok(());
         }
-        del::release(tx, self.host, Some(self.dataplane), &link.id(), peer_side, None).await?;
+        del::release(tx, self.host, Some(self.dataplane), self.fabric, &link.id(), peer_side, None).await?;
         ends[peer_side.index()] = None;
         Ok(())
     }
@@ -249,15 +253,15 @@ fn interface(name: String, mac: Option<crate::topology::MacAddr>, sandbox: Optio
 struct Made {
     veths: Vec<(u32, String)>,
     tracked: Vec<u32>,
-    forwards: Vec<u32>,
+    entries: Vec<Entry>,
 }
 
 impl Made {
     /// Best effort: the error that got us here is what the runtime must see,
     /// and whatever fails to go here dies with the pod's netns anyway.
     async fn undo(self, host: &Netlink, dataplane: &mut Dataplane) {
-        for from in self.forwards {
-            let _ = dataplane.unforward(from);
+        for entry in self.entries {
+            let _ = dataplane.remove(&entry);
         }
         for ifindex in self.tracked {
             let _ = dataplane.untrack(ifindex);

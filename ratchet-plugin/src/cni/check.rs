@@ -10,10 +10,11 @@ use std::collections::HashSet;
 
 use super::{Config, env::CniEnv, error::CniError};
 use crate::{
-    config::AttachMode,
+    config::{AttachMode, Settings},
     dataplane::Dataplane,
     netlink::Netlink,
-    pairing,
+    node,
+    pairing::{self, Entry, Fabric},
     store::{
         self, Store,
         records::{self, EndRecord},
@@ -33,27 +34,28 @@ struct Attached {
 /// gave this container nothing, e.g. a pod passed to a delegate).
 pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
-    let attached = read_attached(config, env).await?;
+    let host = Netlink::host()?;
+    let (attached, fabric) = read_attached(config, env, &host).await?;
     if attached.is_empty() {
         return Ok(Vec::new());
     }
     let drift = |what: String| CniError::CheckDrift(what);
     let dataplane = Dataplane::open(&settings.pin_root)?
         .ok_or_else(|| drift(format!("no program is pinned under {}", settings.pin_root.display())))?;
-    let host = Netlink::host()?;
     let in_pod = Netlink::in_netns(&env.netns)?;
     for end in &attached {
-        check_pod_end(&in_pod, end).await?;
+        check_pod_end(&in_pod, &config.settings, end).await?;
         check_host_end(&host, &dataplane, settings.attach, &end.record).await?;
-        check_forwarding(&dataplane, end)?;
+        check_forwarding(&dataplane, &fabric, end)?;
         check_prev_result(config, end)?;
     }
     Ok(attached.into_iter().map(|end| end.record).collect())
 }
 
-async fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, CniError> {
+async fn read_attached(config: &Config, env: &CniEnv, host: &Netlink) -> Result<(Vec<Attached>, Fabric), CniError> {
     let mut store = store::open(&config.settings).await?;
     let mut tx = store.begin().await?;
+    let fabric = node::fabric(&mut tx, &config.settings, host).await?;
     let mut attached = Vec::new();
     for held in records::container_ends(&mut tx, &env.container_id).await? {
         let ends = records::ends(&mut tx, &held.link).await?;
@@ -63,10 +65,10 @@ async fn read_attached(config: &Config, env: &CniEnv) -> Result<Vec<Attached>, C
         let link = records::link(&mut tx, &held.link).await?;
         attached.push(Attached { side: held.side, record, link, ends });
     }
-    Ok(attached)
+    Ok((attached, fabric))
 }
 
-async fn check_pod_end(in_pod: &Netlink, end: &Attached) -> Result<(), CniError> {
+async fn check_pod_end(in_pod: &Netlink, settings: &Settings, end: &Attached) -> Result<(), CniError> {
     let name = end.record.ifname.as_str();
     let drift = |what: String| CniError::CheckDrift(format!("pod end {name} in {}: {what}", end.record.netns));
     let found = in_pod.link_by_name(name).await?.ok_or_else(|| drift("is gone".into()))?;
@@ -75,8 +77,9 @@ async fn check_pod_end(in_pod: &Netlink, end: &Attached) -> Result<(), CniError>
     }
     // The topology may have dropped the link since; the end is still ours.
     let Some(link) = &end.link else { return Ok(()) };
-    if found.mtu != link.mtu() {
-        return Err(drift(format!("MTU is {}, the link says {}", found.mtu, link.mtu())));
+    let mtu = settings.link_mtu(link);
+    if found.mtu != mtu {
+        return Err(drift(format!("MTU is {}, the link says {mtu}", found.mtu)));
     }
     let present: HashSet<_> = in_pod.addresses(found.index).await?.into_iter().collect();
     let spec = link.end(end.side);
@@ -108,21 +111,30 @@ async fn check_host_end(
     Ok(())
 }
 
-fn check_forwarding(dataplane: &Dataplane, end: &Attached) -> Result<(), CniError> {
+fn check_forwarding(dataplane: &Dataplane, fabric: &Fabric, end: &Attached) -> Result<(), CniError> {
     let me = end.record.host_ifindex;
-    let wanted = pairing::forwarding(&end.ends, &end.record.node);
+    let wanted = pairing::forwarding(&end.ends, fabric);
+    let actual = dataplane.entries()?;
     let drift = |what: String| CniError::CheckDrift(format!("{} map: {what}", ratchet_common::MAP_PEERS));
     if wanted.is_empty() {
         // Waiting for the peer: nothing may forward from this end.
-        return match dataplane.peer_of(me)? {
+        let forwarding = actual.iter().find_map(|entry| match entry {
+            Entry::Peer { from, to } if *from == me => Some(to.ifindex),
+            _ => None,
+        });
+        return match forwarding {
             None => Ok(()),
             Some(to) => Err(drift(format!("waiting end {me} forwards to {to}"))),
         };
     }
-    for forward in wanted {
-        let actual = dataplane.peer_of(forward.from)?;
-        if actual != Some(forward.to) {
-            return Err(drift(format!("entry {} is {actual:?}, should be {}", forward.from, forward.to)));
+    for entry in &wanted {
+        if !actual.contains(entry) {
+            let found = actual.iter().find(|other| other.same_slot(entry));
+            let slot = match entry {
+                Entry::Peer { from, .. } => format!("entry {from}"),
+                Entry::Tunnel { vni, .. } => format!("VNI {vni}"),
+            };
+            return Err(drift(format!("{slot} is {found:?}, should be {entry:?}")));
         }
     }
     if dataplane.stats(me)?.is_none() {

@@ -14,7 +14,8 @@ use super::{Config, env::CniEnv, error::CniError};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
-    pairing,
+    node,
+    pairing::{self, Fabric},
     store::{
         self, Store, Transaction,
         records::{self, EndRecord},
@@ -41,10 +42,11 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     // After a reboot the pins are gone and there is nothing to unwire.
     let mut dataplane = Dataplane::open(&settings.pin_root)?;
     let host = Netlink::host()?;
+    let fabric = node::fabric(&mut tx, settings, &host).await?;
     let mut released = Vec::with_capacity(refs.len());
     for end in refs {
         let holder = Some(env.container_id.as_str());
-        released.extend(release(&mut tx, &host, dataplane.as_mut(), &end.link, end.side, holder).await?);
+        released.extend(release(&mut tx, &host, dataplane.as_mut(), &fabric, &end.link, end.side, holder).await?);
     }
     records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
     tx.commit().await?;
@@ -69,6 +71,7 @@ pub async fn release(
     tx: &mut impl Transaction,
     host: &Netlink,
     dataplane: Option<&mut Dataplane>,
+    fabric: &Fabric,
     link: &str,
     side: Side,
     holder: Option<&str>,
@@ -81,12 +84,12 @@ pub async fn release(
         return Ok(None);
     }
     let live = is_live(host, &record).await?;
-    let before = pairing::forwarding(&ends, &record.node);
+    let before = pairing::forwarding(&ends, fabric);
     ends[side.index()] = None;
     if let Some(dataplane) = dataplane.filter(|dataplane| dataplane.generation() == record.dataplane) {
-        let (stale, _) = pairing::rewire(&before, &pairing::forwarding(&ends, &record.node));
-        for from in stale {
-            dataplane.unforward(from)?;
+        let (stale, _) = pairing::rewire(&before, &pairing::forwarding(&ends, fabric));
+        for entry in stale {
+            dataplane.remove(&entry)?;
         }
         dataplane.untrack(record.host_ifindex)?;
     }

@@ -9,8 +9,11 @@ use std::collections::HashSet;
 
 use super::{Config, del, error::CniError};
 use crate::{
+    config::Settings,
     dataplane::Dataplane,
     netlink::Netlink,
+    node,
+    pairing::Entry,
     store::{self, AnyStore, Store, Transaction, records},
 };
 
@@ -40,10 +43,11 @@ pub async fn gc(config: &Config) -> Vec<String> {
         Ok(host) => host,
         Err(e) => return vec![e.to_string()],
     };
-    let (released, kept) = match release_invalid(&mut store, &host, dataplane.as_mut(), &valid, &mut errors).await {
-        Ok(done) => done,
-        Err(e) => return vec![e.to_string()],
-    };
+    let (released, kept) =
+        match release_invalid(&mut store, settings, &host, dataplane.as_mut(), &valid, &mut errors).await {
+            Ok(done) => done,
+            Err(e) => return vec![e.to_string()],
+        };
     for end in &released {
         if let Err(e) = del::teardown(&host, dataplane.as_ref(), end).await {
             errors.push(e.to_string());
@@ -59,12 +63,14 @@ pub async fn gc(config: &Config) -> Vec<String> {
 /// host ifindexes of the ends that stay.
 async fn release_invalid(
     store: &mut AnyStore,
+    settings: &Settings,
     host: &Netlink,
     mut dataplane: Option<&mut Dataplane>,
     valid: &HashSet<(&str, &str)>,
     errors: &mut Vec<String>,
 ) -> Result<(Vec<del::Released>, HashSet<u32>), CniError> {
     let mut tx = store.begin().await?;
+    let fabric = node::fabric(&mut tx, settings, host).await?;
     let mut released = Vec::new();
     let mut kept = HashSet::new();
     for (link, side, record) in records::all_ends(&mut tx).await? {
@@ -72,7 +78,9 @@ async fn release_invalid(
             kept.insert(record.host_ifindex);
             continue;
         }
-        match del::release(&mut tx, host, dataplane.as_deref_mut(), &link, side, Some(&record.container_id)).await {
+        match del::release(&mut tx, host, dataplane.as_deref_mut(), &fabric, &link, side, Some(&record.container_id))
+            .await
+        {
             Ok(found) => released.extend(found),
             Err(e) => errors.push(format!("link {link} end {}: {e}", side.as_str())),
         }
@@ -84,16 +92,21 @@ async fn release_invalid(
 /// Map entries whose host veth no record holds are left over from a killed
 /// verb or a lost DEL: nothing may forward from or count for them.
 fn remove_unrecorded_entries(dataplane: &mut Dataplane, kept: &HashSet<u32>, errors: &mut Vec<String>) {
-    let (peers, stats) = match dataplane.keys() {
-        Ok(keys) => keys,
+    let listed = dataplane.entries().and_then(|entries| Ok((entries, dataplane.tracked()?)));
+    let (entries, tracked) = match listed {
+        Ok(listed) => listed,
         Err(e) => return errors.push(e.to_string()),
     };
-    for ifindex in peers.into_iter().filter(|i| !kept.contains(i)) {
-        if let Err(e) = dataplane.unforward(ifindex) {
+    let owned = |entry: &Entry| match *entry {
+        Entry::Peer { from, .. } => kept.contains(&from),
+        Entry::Tunnel { to, .. } => kept.contains(&to),
+    };
+    for entry in entries.iter().filter(|entry| !owned(entry)) {
+        if let Err(e) = dataplane.remove(entry) {
             errors.push(e.to_string());
         }
     }
-    for ifindex in stats.into_iter().filter(|i| !kept.contains(i)) {
+    for ifindex in tracked.into_iter().filter(|i| !kept.contains(i)) {
         if let Err(e) = dataplane.untrack(ifindex) {
             errors.push(e.to_string());
         }

@@ -11,8 +11,7 @@ use super::{Config, del, error::CniError};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
-    store::{
-        self, Store, StoreError, records},
+    store::{self, Store, StoreError, records},
 };
 
 pub async fn status(config: &Config) -> Result<(), CniError> {

@@ -62,7 +62,8 @@ impl Store for EtcdStore {
     type Tx<'a> = EtcdTx<'a>;
 
     async fn begin(&mut self) -> Result<EtcdTx<'_>, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
+        let io =
+            |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
         let file = fs::File::create(&self.lock_file).map_err(io)?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
         Ok(EtcdTx { store: self, reads: HashMap::new(), writes: BTreeMap::new(), _lock: lock })
@@ -127,8 +128,11 @@ impl Transaction for EtcdTx<'_> {
         if self.writes.is_empty() {
             return Ok(());
         }
-        let unchanged: Vec<Compare> =
-            self.reads.iter().map(|(key, revision)| Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision)).collect();
+        let unchanged: Vec<Compare> = self
+            .reads
+            .iter()
+            .map(|(key, revision)| Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision))
+            .collect();
         let writes: Vec<TxnOp> = self
             .writes
             .iter()

@@ -11,6 +11,11 @@ const PODS: &str = "/ratchet/topology/pods/";
 const TOPOLOGY: &str = "/ratchet/topology/";
 const ENDS: &str = "/ratchet/ends/";
 const CONTAINERS: &str = "/ratchet/containers/";
+const VNIS: &str = "/ratchet/vnis/";
+/// The next VNI to hand out: counting up, so a VNI is never reused while an
+/// end of a dropped link may still carry it.
+const VNI_NEXT: &str = "/ratchet/vni-next";
+const NODES: &str = "/ratchet/nodes/";
 
 /// One attached link end: what DEL, CHECK and the CLI need to find it again
 /// even when the pod's netns is already gone.
@@ -30,6 +35,16 @@ pub struct EndRecord {
     /// written in; entries of an older generation died with their maps.
     #[serde(default)]
     pub dataplane: u32,
+    /// The link's VXLAN network identifier, for when its peer is elsewhere.
+    #[serde(default)]
+    pub vni: Option<u32>,
+}
+
+/// A node that takes part in cross-node links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Where other nodes send its links' VXLAN frames.
+    pub underlay_ipv4: std::net::Ipv4Addr,
 }
 
 /// A link end a container attached, as listed under its container id.
@@ -73,7 +88,43 @@ pub async fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Res
     for (pod, ids) in by_pod {
         put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids).await?;
     }
-    Ok(())
+    assign_vnis(tx, topology).await
+}
+
+/// Gives each link a VNI of its own, kept across applies, and forgets those
+/// of links the topology dropped (their attached ends carry theirs).
+async fn assign_vnis(tx: &mut impl Transaction, topology: &Topology) -> Result<(), StoreError> {
+    let ids: std::collections::HashSet<String> = topology.links.iter().map(Link::id).collect();
+    for (key, _) in tx.scan(VNIS).await? {
+        if !ids.contains(&key[VNIS.len()..]) {
+            tx.delete(&key).await?;
+        }
+    }
+    let mut next: u32 = get_json(tx, VNI_NEXT).await?.unwrap_or(1);
+    for id in &ids {
+        if link_vni(tx, id).await?.is_none() {
+            put_json(tx, &format!("{VNIS}{id}"), &next).await?;
+            next += 1;
+        }
+    }
+    put_json(tx, VNI_NEXT, &next).await
+}
+
+pub async fn link_vni(tx: &mut impl Transaction, link: &str) -> Result<Option<u32>, StoreError> {
+    get_json(tx, &format!("{VNIS}{link}")).await
+}
+
+/// Registers (or updates) a node's underlay address.
+pub async fn put_node(tx: &mut impl Transaction, name: &str, node: &NodeRecord) -> Result<(), StoreError> {
+    put_json(tx, &format!("{NODES}{name}"), node).await
+}
+
+pub async fn nodes(tx: &mut impl Transaction) -> Result<Vec<(String, NodeRecord)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, bytes) in tx.scan(NODES).await? {
+        out.push((key[NODES.len()..].to_owned(), decode(&key, &bytes)?));
+    }
+    Ok(out)
 }
 
 /// Makes `topology` the stored one, unless it already is (links compared
