@@ -225,10 +225,7 @@ fn the_seed_config_shape_serves_both_kinds_of_pod() {
     config["boot_network"] = bridge_conf(&boot_bridge, &boot_ipam, None);
     // etcd_host/etcd_port are the seed's too, but they now select the etcd
     // store: the etcd tests cover them.
-    for (key, value) in [
-        ("use_labels", json!(true)),
-        ("child_path", json!("/opt/cni/bin/ratchet-child")),
-    ] {
+    for (key, value) in [("use_labels", json!(true)), ("child_path", json!("/opt/cni/bin/ratchet-child"))] {
         config[key] = value;
     }
     let (alpha, beta, plain) =

@@ -132,10 +132,7 @@ fn the_seeds_unused_keys_are_accepted_with_a_logged_warning() {
     let log = node.state_dir.path().join("verbs.log");
     let mut config = logging_config(&node, &log);
     // etcd_host/etcd_port select the etcd store now; the etcd tests cover them.
-    for (key, value) in [
-        ("use_labels", json!(false)),
-        ("child_path", json!("/opt/cni/bin/ratchet-child")),
-    ] {
+    for (key, value) in [("use_labels", json!(false)), ("child_path", json!("/opt/cni/bin/ratchet-child"))] {
         config[key] = value;
     }
     let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
