@@ -3,7 +3,9 @@
 //! real `ratchet` binary invoked the way a container runtime invokes it.
 //!
 //! Every guard removes what it made when dropped, also when a test fails.
-//! The tests need root and a kernel with bpffs, tc and veth.
+//! The tests need root and a kernel with bpffs, tc and veth; the etcd tests
+//! need `/usr/bin/etcd` and `etcdctl` (Debian's etcd-server and etcd-client),
+//! which they start themselves on 127.0.0.1 only.
 
 use std::{
     fs::File,
@@ -11,9 +13,9 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsFd,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -148,11 +150,15 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-/// One node: a state dir and a pin root of its own.
+/// One node: a state dir and a pin root of its own, and the store its
+/// config names (the embedded store in the state dir, or an etcd).
 pub struct Node {
     pub state_dir: tempfile::TempDir,
     pub pin_root: PathBuf,
     pub attach: &'static str,
+    /// The etcd endpoints the config and every CLI call name; empty for the
+    /// embedded store.
+    pub etcd_endpoints: Vec<String>,
 }
 
 /// What one plugin call printed and returned.
@@ -203,12 +209,21 @@ impl Node {
             state_dir: tempfile::tempdir().unwrap(),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtt"))),
             attach,
+            etcd_endpoints: Vec::new(),
         }
+    }
+
+    /// A node whose store is `etcd`: its config carries `etcd_endpoints` and
+    /// every CLI call `--etcd-endpoints`.
+    pub fn with_etcd(etcd: &Etcd) -> Self {
+        let mut node = Self::new();
+        node.etcd_endpoints = vec![etcd.endpoint()];
+        node
     }
 
     /// The plugin's config as a runtime hands it over.
     pub fn config(&self) -> Value {
-        json!({
+        let mut config = json!({
             "cniVersion": "1.0.0",
             "name": "ratchet-test",
             "type": "ratchet",
@@ -216,13 +231,45 @@ impl Node {
             "pin_root": self.pin_root,
             "node_name": "node-1",
             "attach": self.attach,
+        });
+        if !self.etcd_endpoints.is_empty() {
+            config["etcd_endpoints"] = json!(self.etcd_endpoints);
+        }
+        config
+    }
+
+    /// The settings the plugin reads from [`Node::config`], for opening the
+    /// node's store from a test.
+    pub fn settings(&self) -> ratchet_plugin::config::Settings {
+        ratchet_plugin::config::Settings::from_config(&self.config()).expect("the test config is valid")
+    }
+
+    /// Every key under `prefix` in the node's store, read through the
+    /// plugin's own store code (either backend), in key order.
+    pub fn store_keys(&self, prefix: &str) -> Vec<String> {
+        use ratchet_plugin::store::{self, Store, Transaction};
+        let settings = self.settings();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let mut store = store::open(&settings).await.expect("open the node's store");
+            let mut tx = store.begin().await.expect("begin");
+            tx.scan(prefix).await.expect("scan").into_iter().map(|(key, _)| key).collect()
         })
+    }
+
+    /// Whether the embedded store's file exists in the state dir.
+    pub fn has_embedded_store(&self) -> bool {
+        self.state_dir.path().join("store.sqlite").exists()
     }
 
     /// Runs the CLI against this node; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        let endpoints = self.etcd_endpoints.join(",");
         let mut full =
             vec!["--state-dir", self.state_dir.path().to_str().unwrap(), "--pin-root", self.pin_root.to_str().unwrap()];
+        if !endpoints.is_empty() {
+            full.extend(["--etcd-endpoints", &endpoints]);
+        }
         full.extend(args);
         run(ratchet_bin().to_str().unwrap(), &full)
     }
@@ -512,4 +559,157 @@ pub fn host_ifnames(node: &Node, link: &str) -> Vec<String> {
         .flat_map(|l| l["ends"].as_array().cloned().unwrap_or_default())
         .map(|e| e["host_ifname"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// How long a fresh or restarted etcd may take to report itself healthy
+/// (about 0.1 s here with the short election timeout below).
+const ETCD_HEALTHY_WITHIN: Duration = Duration::from_secs(10);
+
+/// A real etcd (Debian's etcd-server) of this test's own: it listens on
+/// 127.0.0.1 only, on ports picked free for it, with a temporary data dir.
+/// Dropping it kills it, waits for it, and removes the data dir.
+pub struct Etcd {
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// The data dir (`data/`) and etcd's output (`etcd.log`).
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts a fresh, single-member etcd and waits until it is healthy.
+    pub fn new() -> Self {
+        let mut failures = Vec::new();
+        // Another test may take a port between our probe and etcd's bind:
+        // then try again with new ports.
+        for _ in 0..5 {
+            let (client_port, peer_port) = free_ports();
+            let mut etcd = Self { client_port, peer_port, dir: tempfile::tempdir().unwrap(), child: None };
+            match etcd.try_start() {
+                Ok(()) => return etcd,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("etcd did not start: {failures:#?}");
+    }
+
+    /// The client URL, as `etcd_endpoints` and `--etcd-endpoints` take it.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (as a crash would) and waits for it; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data dir, and waits until it is
+    /// healthy.
+    pub fn start(&mut self) {
+        self.try_start().unwrap_or_else(|failure| panic!("etcd did not restart: {failure}"));
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "etcd is already running");
+        let log = File::options().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
+        let (client, peer) =
+            (format!("http://127.0.0.1:{}", self.client_port), format!("http://127.0.0.1:{}", self.peer_port));
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--name", "default", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--heartbeat-interval=10", "--election-timeout=100"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn etcd: {e}"))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < ETCD_HEALTHY_WITHIN {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!("etcd exited ({status}): {}", self.log_tail()));
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        Err(format!("etcd not healthy within {ETCD_HEALTHY_WITHIN:?}: {}", self.log_tail()))
+    }
+
+    /// True when `GET /health` answers `"health":"true"`.
+    pub fn healthy(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let mut answer = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.contains(r#""health":"true""#)
+    }
+
+    /// Every key under `prefix`, as etcdctl (an independent witness) lists it.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let endpoint = self.endpoint();
+        let out = run("etcdctl", &["--endpoints", &endpoint, "get", "--prefix", "--keys-only", prefix]);
+        out.lines().filter(|line| !line.is_empty()).map(String::from).collect()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two distinct ports on 127.0.0.1 that are free right now.
+fn free_ports() -> (u16, u16) {
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    (first.local_addr().unwrap().port(), second.local_addr().unwrap().port())
+}
+
+/// Runs each named test body, a `fn name(node: &Node)` of the calling file,
+/// once per store backend: as `name::embedded` on a node with the embedded
+/// store, and as `name::etcd` on a node whose store is an etcd of that test's
+/// own. The same assertions hold for both.
+#[macro_export]
+macro_rules! on_each_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn embedded() {
+                super::$name(&$crate::Node::new());
+            }
+
+            #[test]
+            fn etcd() {
+                let etcd = $crate::Etcd::new();
+                let node = $crate::Node::with_etcd(&etcd);
+                super::$name(&node);
+                assert!(!node.has_embedded_store(), "a node configured for etcd never falls back to the embedded store");
+            }
+        }
+    )*};
 }
