@@ -1,7 +1,8 @@
 //! CHECK catches tampering: each kind of drift is a code-105 error that
-//! names what drifted; an untouched link, or one waiting for its peer, passes.
+//! names what drifted; an untouched link, or one waiting for its peer, passes
+//! (with either store backend: `on_each_store!`).
 
-use ratchet_tests::{Node, Pod, end, host_ifindex, host_ifnames, run, unique};
+use ratchet_tests::{Node, Pod, end, host_ifindex, host_ifnames, on_each_store, run, unique};
 use serde_json::{Value, json};
 
 /// Two pods joined by one link, both added, with the ADD results the
@@ -32,11 +33,12 @@ fn check(node: &Node, pod: &Pod, cached: &Value) -> ratchet_tests::Reply {
     node.check(pod, &node.config(), cached)
 }
 
-#[test]
-fn an_untouched_link_passes() {
-    let node = Node::new();
-    let pair = linked_pair(&node, 1);
-    check(&node, &pair.alpha, &pair.alpha_cached).assert_silent_success("CHECK");
+on_each_store!(an_untouched_link_passes);
+
+fn an_untouched_link_passes(node: &Node) {
+    let pair = linked_pair(node, 1);
+    check(node, &pair.alpha, &pair.alpha_cached).assert_silent_success("CHECK");
+    check(node, &pair.beta, &pair.beta_cached).assert_silent_success("CHECK of the peer");
 }
 
 #[test]

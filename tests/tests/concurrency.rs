@@ -1,14 +1,15 @@
 //! Kubelet runs ADDs in parallel: ten links, twenty ADDs at once, each its
-//! own process, must all come up with a consistent store.
+//! own process, must all come up with a consistent store, with either store
+//! backend.
 
 use std::thread;
 
-use ratchet_tests::{Node, Pod, end, unique};
+use ratchet_tests::{Node, Pod, end, on_each_store, unique};
 use serde_json::json;
 
-#[test]
-fn twenty_concurrent_adds_make_ten_links() {
-    let node = Node::new();
+on_each_store!(twenty_concurrent_adds_make_ten_links);
+
+fn twenty_concurrent_adds_make_ten_links(node: &Node) {
     let pods: Vec<(Pod, Pod)> = (0..10)
         .map(|i| (Pod::new("default", &format!("left{i}")), Pod::new("default", &format!("right{i}"))))
         .collect();
@@ -23,7 +24,6 @@ fn twenty_concurrent_adds_make_ten_links() {
     thread::scope(|scope| {
         for (a, b) in &pods {
             for pod in [a, b] {
-                let node = &node;
                 scope.spawn(move || node.add(pod));
             }
         }
@@ -33,6 +33,8 @@ fn twenty_concurrent_adds_make_ten_links() {
     assert_eq!(links.len(), 10);
     assert!(links.iter().all(|l| l["state"] == "up" && l["ends"].as_array().unwrap().len() == 2), "{links:?}");
     assert_eq!(node.peers().len(), 20, "every link wired both ways, exactly once");
+    assert_eq!(node.store_keys("/ratchet/ends/").len(), 20, "one record per end");
+    assert_eq!(node.store_keys("/ratchet/containers/").len(), 20, "one record per container");
     for (i, (a, _)) in pods.iter().enumerate() {
         assert!(a.ping(&format!("10.80.{i}.2")), "link l{i} carries traffic");
     }

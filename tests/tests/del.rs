@@ -1,7 +1,17 @@
-//! DEL removes everything ADD made, and is safe to repeat.
+//! DEL removes everything ADD made, and is safe to repeat. The tests named
+//! in `on_each_store!` run once per store backend.
 
-use ratchet_tests::{Node, Pod, container_of, end, host_has_link, host_ifnames, unique};
+use ratchet_tests::{Node, Pod, container_of, end, host_has_link, host_ifnames, on_each_store, unique};
 use serde_json::json;
+
+on_each_store!(
+    del_leaves_nothing_and_the_peer_waits,
+    del_twice_is_fine,
+    del_with_an_empty_netns_cleans_up,
+    del_after_the_netns_is_gone,
+    del_of_a_container_never_added,
+    a_new_sandbox_replaces_a_stale_one,
+);
 
 /// Two pods joined by one link, both added; returns them and the link's name.
 fn linked_pair(node: &Node) -> (Pod, Pod, String) {
@@ -14,53 +24,49 @@ fn linked_pair(node: &Node) -> (Pod, Pod, String) {
     (alpha, beta, l1)
 }
 
-#[test]
-fn del_leaves_nothing_and_the_peer_waits() {
-    let node = Node::new();
-    let (alpha, beta, l1) = linked_pair(&node);
-    let hosts = host_ifnames(&node, &l1);
+fn del_leaves_nothing_and_the_peer_waits(node: &Node) {
+    let (alpha, beta, l1) = linked_pair(node);
+    let hosts = host_ifnames(node, &l1);
     node.del(&alpha);
 
     assert!(!host_has_link(&hosts[0]), "the host veth is gone");
     assert!(alpha.link("in1").is_none(), "the pod end is gone");
     assert!(node.peers().is_empty(), "no map entry in either direction");
+    let alpha_record = format!("/ratchet/containers/{}", container_of(&alpha));
+    assert!(!node.store_keys("/ratchet/containers/").contains(&alpha_record), "alpha's container record is gone");
     assert_eq!(node.link_state(&l1), "waiting", "the peer waits again");
     let ends = &node.links()[0]["ends"];
     assert_eq!(ends.as_array().unwrap().len(), 1, "only the peer's record is left: {ends}");
     assert!(beta.link("in2").is_some(), "the peer keeps its end");
     let drops = |node: &Node| node.links()[0]["ends"][0]["drops"].as_u64().unwrap();
-    let before = drops(&node);
+    let before = drops(node);
     assert!(!beta.ping("10.79.0.1"), "a waiting end reaches nobody");
-    assert!(drops(&node) > before, "and counts what it drops");
+    assert!(drops(node) > before, "and counts what it drops");
 
     node.del(&beta);
     assert!(!host_has_link(&hosts[1]));
     assert_eq!(node.link_state(&l1), "down");
+    let left = [node.store_keys("/ratchet/ends/"), node.store_keys("/ratchet/containers/")].concat();
+    assert!(left.is_empty(), "no end or container record is left: {left:?}");
 }
 
-#[test]
-fn del_twice_is_fine() {
-    let node = Node::new();
-    let (alpha, _beta, _) = linked_pair(&node);
+fn del_twice_is_fine(node: &Node) {
+    let (alpha, _beta, _) = linked_pair(node);
     node.del(&alpha);
     node.del(&alpha);
 }
 
-#[test]
-fn del_with_an_empty_netns_cleans_up() {
-    let node = Node::new();
-    let (alpha, _beta, l1) = linked_pair(&node);
-    let host = host_ifnames(&node, &l1)[0].clone();
+fn del_with_an_empty_netns_cleans_up(node: &Node) {
+    let (alpha, _beta, l1) = linked_pair(node);
+    let host = host_ifnames(node, &l1)[0].clone();
     let reply = node.call("DEL", &container_of(&alpha), "", ("default", "alpha"), &node.config());
     assert!(reply.success, "{}", reply.stdout);
     assert!(!host_has_link(&host));
     assert!(node.peers().is_empty());
 }
 
-#[test]
-fn del_after_the_netns_is_gone() {
-    let node = Node::new();
-    let (alpha, _beta, l1) = linked_pair(&node);
+fn del_after_the_netns_is_gone(node: &Node) {
+    let (alpha, _beta, l1) = linked_pair(node);
     let (path, id) = (alpha.netns_path(), container_of(&alpha));
     drop(alpha);
     let reply = node.call("DEL", &id, &path, ("default", "alpha"), &node.config());
@@ -69,18 +75,15 @@ fn del_after_the_netns_is_gone() {
     assert_eq!(node.link_state(&l1), "waiting");
 }
 
-#[test]
-fn del_of_a_container_never_added() {
-    let node = Node::new();
+fn del_of_a_container_never_added(node: &Node) {
     let reply = node.call("DEL", "never-added", "", ("default", "ghost"), &node.config());
     assert!(reply.success, "{}", reply.stdout);
     assert!(reply.stdout.is_empty());
+    assert_eq!(node.store_keys("/ratchet/"), Vec::<String>::new(), "a DEL of nothing writes nothing");
 }
 
-#[test]
-fn a_new_sandbox_replaces_a_stale_one() {
-    let node = Node::new();
-    let (alpha, beta, _) = linked_pair(&node);
+fn a_new_sandbox_replaces_a_stale_one(node: &Node) {
+    let (alpha, beta, _) = linked_pair(node);
     // The runtime lost alpha's DEL; the pod comes back in a new sandbox.
     let (old_netns, old_id) = (alpha.netns_path(), container_of(&alpha));
     drop(alpha);

@@ -1,6 +1,7 @@
-//! A link comes up and carries traffic, moved by our program alone.
+//! A link comes up and carries traffic, moved by our program alone. The
+//! tests named in `on_each_store!` run once per store backend.
 
-use ratchet_tests::{Node, Pod, end, host_ifnames, pattern, run, tcp_transfer, unique};
+use ratchet_tests::{Node, Pod, end, host_ifnames, on_each_store, pattern, run, tcp_transfer, unique};
 use serde_json::json;
 
 /// A one-link topology; link names are unique because host veth names
@@ -11,8 +12,13 @@ fn pair_topology(link: &str, alpha: &Pod, beta: &Pod) -> serde_json::Value {
         "b": end(beta, "in2", &["10.77.0.2/24", "fd77::2/64"])}]})
 }
 
-fn comes_up_and_carries_traffic(alpha_first: bool) {
-    let node = Node::new();
+on_each_store!(
+    comes_up_when_the_first_end_is_added_first,
+    comes_up_when_the_second_end_is_added_first,
+    one_pod_holds_three_links,
+);
+
+fn comes_up_and_carries_traffic(node: &Node, alpha_first: bool) {
     let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
     let l1 = unique("lk");
     node.apply(&pair_topology(&l1, &alpha, &beta));
@@ -39,14 +45,12 @@ fn comes_up_and_carries_traffic(alpha_first: bool) {
     assert!(ends.iter().all(|e| sent_by(e) > sent as u64), "counters move both ways: {ends:?}");
 }
 
-#[test]
-fn comes_up_when_the_first_end_is_added_first() {
-    comes_up_and_carries_traffic(true);
+fn comes_up_when_the_first_end_is_added_first(node: &Node) {
+    comes_up_and_carries_traffic(node, true);
 }
 
-#[test]
-fn comes_up_when_the_second_end_is_added_first() {
-    comes_up_and_carries_traffic(false);
+fn comes_up_when_the_second_end_is_added_first(node: &Node) {
+    comes_up_and_carries_traffic(node, false);
 }
 
 #[test]
@@ -90,9 +94,7 @@ fn only_the_program_forwards() {
     assert!(alpha.ping_eventually("10.77.0.2", 3), "re-attached, traffic flows again");
 }
 
-#[test]
-fn one_pod_holds_three_links() {
-    let node = Node::new();
+fn one_pod_holds_three_links(node: &Node) {
     let hub = Pod::new("default", "hub");
     let spokes: Vec<Pod> = (1..=3).map(|i| Pod::new("default", &format!("spoke{i}"))).collect();
     let prefix = unique("lk");

@@ -1,8 +1,10 @@
 //! STATUS and GC (spec 1.1), called as a runtime calls them: a 1.1.0 config
-//! and only `CNI_COMMAND` and `CNI_PATH` in the environment.
+//! and only `CNI_COMMAND` and `CNI_PATH` in the environment. The tests named
+//! in `on_each_store!` run once per store backend.
 
 use ratchet_tests::{
-    Node, Pod, container_of, end, host_has_link, host_ifindex, host_ifnames, run, unique, with_prev_result,
+    Node, Pod, container_of, end, host_has_link, host_ifindex, host_ifnames, on_each_store, run, unique,
+    with_prev_result,
 };
 use serde_json::{Value, json};
 
@@ -117,17 +119,17 @@ fn status_after_a_reboot_is_ready() {
     assert!(node.pin_root.join("ratchet_to_peer").exists(), "STATUS loaded the pins");
 }
 
-#[test]
-fn gc_removes_exactly_the_unlisted_ends() {
-    let node = Node::new();
-    let pods = two_links(&node, 0);
-    let hosts1 = host_ifnames(&node, &pods.l1);
+on_each_store!(gc_removes_exactly_the_unlisted_ends);
+
+fn gc_removes_exactly_the_unlisted_ends(node: &Node) {
+    let pods = two_links(node, 0);
+    let hosts1 = host_ifnames(node, &pods.l1);
     let (alpha_host, beta_host) = (&hosts1[0], &hosts1[1]);
     let kept: Vec<u64> =
-        [alpha_host.clone()].iter().chain(&host_ifnames(&node, &pods.l2)).map(|h| u64::from(host_ifindex(h))).collect();
-    let l2_ifindexes: Vec<u64> = host_ifnames(&node, &pods.l2).iter().map(|h| u64::from(host_ifindex(h))).collect();
+        [alpha_host.clone()].iter().chain(&host_ifnames(node, &pods.l2)).map(|h| u64::from(host_ifindex(h))).collect();
+    let l2_ifindexes: Vec<u64> = host_ifnames(node, &pods.l2).iter().map(|h| u64::from(host_ifindex(h))).collect();
 
-    let reply = node.gc(&config(&node), &[attachment(&pods.alpha), attachment(&pods.gamma), attachment(&pods.delta)]);
+    let reply = node.gc(&config(node), &[attachment(&pods.alpha), attachment(&pods.gamma), attachment(&pods.delta)]);
     reply.assert_silent_success("GC");
 
     assert!(!host_has_link(beta_host), "beta's host veth is gone");
@@ -137,6 +139,14 @@ fn gc_removes_exactly_the_unlisted_ends() {
     let l1_ends = node.links().into_iter().find(|l| l["link"] == pods.l1.as_str()).unwrap()["ends"].clone();
     assert_eq!(l1_ends.as_array().unwrap().len(), 1, "beta's record is gone: {l1_ends}");
     assert_eq!(l1_ends[0]["side"], "a");
+    let containers = node.store_keys("/ratchet/containers/");
+    let listed: Vec<String> = [&pods.alpha, &pods.gamma, &pods.delta]
+        .iter()
+        .map(|p| format!("/ratchet/containers/{}", container_of(p)))
+        .collect();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    assert_eq!(containers, listed_sorted, "exactly beta's container record is gone");
     assert_eq!(node.link_state(&pods.l2), "up", "the other link is untouched");
     let mut sorted_l2 = l2_ifindexes.clone();
     sorted_l2.sort_unstable();
