@@ -52,6 +52,15 @@ enum Command {
     },
     /// Print every frame the datapath moves (through aya-log) until Ctrl-C.
     Trace,
+    /// Keep this node's maps equal to the store (one per node, for links
+    /// across nodes). Reads the plugin's network config from FILE.
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+        /// How often to reconcile, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
     /// Remove this node's eBPF pins (programs and maps). Refused while link
     /// ends are attached, unless --force.
     Unload {
@@ -84,6 +93,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
+        Command::Agent { config, interval_ms } => {
+            crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
+        }
         Command::Unload { force } => runtime.block_on(unload(&settings, force)),
     }
 }

@@ -4,6 +4,7 @@
 //! One binary: the CNI plugin when a runtime sets `CNI_COMMAND` ([`cni`]), an
 //! operator's CLI otherwise ([`cli`]).
 
+pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod config;

@@ -96,6 +96,25 @@ impl Netlink {
         }
     }
 
+    /// Every interface in the netns, by name, with its ifindex.
+    pub async fn links(&self) -> Result<std::collections::HashMap<String, u32>, NetlinkError> {
+        let dump: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request { what: "list interfaces".into(), source })?;
+        let named = |msg: &LinkMessage| {
+            msg.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(name) => Some((name.clone(), msg.header.index)),
+                _ => None,
+            })
+        };
+        Ok(dump.iter().filter_map(named).collect())
+    }
+
     /// Creates the veth pair in one request, so a failure leaves no half.
     /// The host end gets no IPv6 link-local address: it is a wire, not a
     /// host, and must not send router or multicast chatter into the pod.

@@ -1,0 +1,314 @@
+//! Links across nodes: two "nodes" on this machine, each a network namespace
+//! of its own (its own host veths, VXLAN device, pin root and state dir),
+//! joined by an underlay veth; a real etcd inside the first node, reached over
+//! the underlay; a plugin run inside each node the way its kubelet would run
+//! it, and an agent per node.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ratchet_tests::{Pod, Reply, end, pattern, ratchet_bin, run, tcp_transfer, unique};
+use serde_json::{Value, json};
+
+/// The underlay: node `i` has 10.203.0.`i+1`; every rig is in netns of its own.
+fn underlay_ip(index: usize) -> String {
+    format!("10.203.0.{}", index + 1)
+}
+
+const ETCD_PORT: u16 = 2379;
+
+/// One node: its netns (as a `Pod`, which deletes it on drop), state and pins.
+struct Node {
+    name: String,
+    netns: Pod,
+    state_dir: tempfile::TempDir,
+    pin_root: PathBuf,
+    agent: Option<Child>,
+}
+
+/// Two nodes, an underlay between them and etcd in the first.
+struct Rig {
+    nodes: Vec<Node>,
+    etcd: Option<Child>,
+    _etcd_dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let nodes: Vec<Node> = (0..2)
+            .map(|i| Node {
+                name: format!("node-{i}"),
+                netns: Pod::new("nodes", &format!("node{i}")),
+                state_dir: tempfile::tempdir().unwrap(),
+                pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtn"))),
+                agent: None,
+            })
+            .collect();
+        let (a, b) = (&nodes[0].netns.netns, &nodes[1].netns.netns);
+        run("ip", &["-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b]);
+        for (i, node) in nodes.iter().enumerate() {
+            let ns = &node.netns.netns;
+            run("ip", &["-n", ns, "addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "ul0"]);
+            run("ip", &["-n", ns, "link", "set", "ul0", "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let etcd_dir = tempfile::tempdir().unwrap();
+        let mut rig = Self { nodes, etcd: None, _etcd_dir: etcd_dir };
+        rig.start_etcd();
+        rig
+    }
+
+    fn etcd_endpoint(&self) -> String {
+        format!("http://{}:{ETCD_PORT}", underlay_ip(0))
+    }
+
+    fn start_etcd(&mut self) {
+        let client = self.etcd_endpoint();
+        let data = self._etcd_dir.path().join("data");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[0].netns.netns, "etcd", "--name", "n0"])
+            .arg(format!("--data-dir={}", data.display()))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args([
+                "--initial-cluster",
+                "n0=http://127.0.0.1:2380",
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.etcd = Some(child);
+        let address = format!("{}:{ETCD_PORT}", underlay_ip(0));
+        let healthy = self.nodes[1]
+            .netns
+            .within(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if etcd_is_healthy(&address) {
+                        return true;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                false
+            })
+            .join()
+            .unwrap();
+        assert!(healthy, "etcd did not become healthy, seen from the other node");
+    }
+
+    /// The network config every node's runtime hands the plugin.
+    fn config(&self, index: usize) -> Value {
+        let node = &self.nodes[index];
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "ratchet-multinode",
+            "type": "ratchet",
+            "state_dir": node.state_dir.path(),
+            "pin_root": node.pin_root,
+            "node_name": node.name,
+            "node_ip": underlay_ip(index),
+            "etcd_endpoints": [self.etcd_endpoint()],
+        })
+    }
+
+    /// Runs `ratchet ARGS` inside a node's netns.
+    fn ratchet(&self, index: usize, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net={}", self.nodes[index].netns.netns_path())).arg(ratchet_bin()).args(args);
+        command
+    }
+
+    fn apply(&self, topology: &Value) {
+        let file = self.nodes[0].state_dir.path().join(unique("topology-"));
+        std::fs::write(&file, topology.to_string()).unwrap();
+        let out = self
+            .ratchet(0, &["--etcd-endpoints", &self.etcd_endpoint(), "topology", "apply", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "topology apply: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn start_agent(&mut self, index: usize) {
+        let config = self.nodes[index].state_dir.path().join("agent.json");
+        std::fs::write(&config, self.config(index).to_string()).unwrap();
+        let log = File::create(self.nodes[index].state_dir.path().join("agent.log")).unwrap();
+        let child = self
+            .ratchet(index, &["agent", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.nodes[index].agent = Some(child);
+    }
+
+    /// A CNI verb for `pod` on node `index`, retried while the answer is
+    /// "try again later" (11), as kubelet retries.
+    fn cni(&self, index: usize, command: &str, pod: &Pod) -> Reply {
+        let container = format!("c-{}", pod.netns);
+        let args = format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name);
+        let netns = pod.netns_path();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", &container),
+            ("CNI_NETNS", &netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", &args),
+        ];
+        let config = self.config(index).to_string();
+        for _ in 0..10 {
+            let reply = self.call_in_node(index, &env, config.as_bytes());
+            if reply.code() != Some(11) {
+                return reply;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{command} kept answering 11");
+    }
+
+    /// Runs the plugin inside node `index`'s netns with exactly this
+    /// environment and stdin (nsenter passes the environment through).
+    fn call_in_node(&self, index: usize, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
+        let mut child = self
+            .ratchet(index, &[])
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsenter");
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        Reply { success: out.status.success(), json, stdout, stderr }
+    }
+
+    /// The peers map of node `index`, as bpftool dumps it.
+    fn peers(&self, index: usize) -> Vec<Value> {
+        let pin = self.nodes[index].pin_root.join("peers");
+        serde_json::from_str(&run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()])).unwrap()
+    }
+}
+
+fn etcd_is_healthy(address: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!("GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut response = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut response).is_ok()
+        && response.contains("\"health\":\"true\"")
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut agent) = node.agent.take() {
+                let _ = agent.kill();
+                let _ = agent.wait();
+            }
+            let _ = std::fs::remove_dir_all(&node.pin_root);
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
+    }
+}
+
+/// Pings until answered, for at most `seconds`.
+fn eventually_pings(pod: &Pod, ip: &str, seconds: u32) -> bool {
+    (0..seconds * 5).any(|_| {
+        let ok = pod.exec(&["ping", "-c", "1", "-W", "1", ip]).status.success();
+        if !ok {
+            thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    })
+}
+
+fn cross_node_pair(rig: &Rig) -> (Pod, Pod, String) {
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let link = unique("lk");
+    rig.apply(&json!({"links": [{"name": link,
+        "a": end(&alpha, "in1", &["10.77.0.1/24", "fd77::1/64"]),
+        "b": end(&beta, "in2", &["10.77.0.2/24", "fd77::2/64"])}]}));
+    (alpha, beta, link)
+}
+
+#[test]
+fn a_link_across_nodes_carries_traffic_and_unwires_on_del() {
+    let mut rig = Rig::new();
+    let (alpha, beta, _) = cross_node_pair(&rig);
+    rig.start_agent(0);
+    rig.start_agent(1);
+
+    let added = rig.cni(0, "ADD", &alpha);
+    assert!(added.success, "ADD alpha on node 0: {}", added.stdout);
+    let added = rig.cni(1, "ADD", &beta);
+    assert!(added.success, "ADD beta on node 1: {}", added.stdout);
+    assert_eq!(alpha.link("in1").unwrap()["mtu"], 1450, "the default MTU leaves room for VXLAN");
+
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "IPv4 across nodes");
+    assert!(eventually_pings(&beta, "fd77::1", 5), "IPv6 across nodes");
+    let sent = 1 << 20;
+    assert_eq!(tcp_transfer(&beta, &alpha, "10.77.0.2", sent), pattern(sent), "a TCP stream across nodes");
+    for index in 0..2 {
+        let peers = rig.peers(index);
+        assert_eq!(peers.len(), 1, "node {index} forwards its one end into the tunnel: {peers:?}");
+        assert_eq!(peers[0]["formatted"]["value"]["flags"], 1, "through the tunnel: {peers:?}");
+    }
+
+    let deleted = rig.cni(0, "DEL", &alpha);
+    assert!(deleted.success, "DEL alpha: {}", deleted.stdout);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rig.peers(1).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rig.peers(1).is_empty(), "node 1's agent unwired beta: its peer went away");
+    assert!(!beta.exec(&["ping", "-c", "1", "-W", "1", "10.77.0.1"]).status.success());
+    let deleted = rig.cni(1, "DEL", &beta);
+    assert!(deleted.success, "DEL beta: {}", deleted.stdout);
+}
+
+#[test]
+fn two_ends_added_at_once_on_two_nodes_make_one_link() {
+    let mut rig = Rig::new();
+    let (alpha, beta, link) = cross_node_pair(&rig);
+    rig.start_agent(0);
+    rig.start_agent(1);
+    thread::scope(|scope| {
+        let (rig, alpha, beta) = (&rig, &alpha, &beta);
+        let a = scope.spawn(move || rig.cni(0, "ADD", alpha));
+        let b = scope.spawn(move || rig.cni(1, "ADD", beta));
+        for reply in [a.join().unwrap(), b.join().unwrap()] {
+            assert!(reply.success, "{}", reply.stdout);
+        }
+    });
+    let out = rig.ratchet(0, &["--etcd-endpoints", &rig.etcd_endpoint(), "links", "--json"]).output().unwrap();
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = links.iter().find(|l| l["link"] == link.as_str()).unwrap();
+    assert_eq!(ours["state"], "up", "{ours}");
+    assert_eq!(ours["ends"].as_array().unwrap().len(), 2);
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "one link, carrying traffic");
+}
