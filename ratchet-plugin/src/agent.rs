@@ -14,7 +14,7 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::{
-    cni::error::CniError,
+    cni::{del, error::CniError},
     config::Settings,
     dataplane::Dataplane,
     netlink::Netlink,
@@ -28,6 +28,8 @@ use crate::{
 pub struct Round {
     pub written: usize,
     pub removed: usize,
+    /// Ends of this node whose pod is gone (no DEL came), forgotten.
+    pub forgotten: usize,
 }
 
 /// Runs rounds every `interval` until SIGINT or SIGTERM.
@@ -48,7 +50,9 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
                 _ = tick.tick() => match agent.round().await {
-                    Ok(round) if round != Round::default() => info!(written = round.written, removed = round.removed, "reconciled"),
+                    Ok(round) if round != Round::default() => {
+                        info!(written = round.written, removed = round.removed, forgotten = round.forgotten, "reconciled")
+                    }
                     Ok(_) => {}
                     Err(error) => warn!(%error, "round failed; retrying"),
                 },
@@ -79,17 +83,23 @@ impl<'a> Agent<'a> {
         let fabric = node::join(&mut tx, settings, &self.host, &mut dataplane).await?;
         let interfaces = self.host.links().await?;
         let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> = HashMap::new();
+        let mut dead = Vec::new();
         for (link, side, end) in records::all_ends(&mut tx).await? {
-            // An end of this node whose veth is gone (its netns went without
-            // a DEL) must not be wired to; DEL or GC forgets it.
-            let dead = end.node == fabric.node && interfaces.get(&end.host_ifname) != Some(&end.host_ifindex);
-            if !dead {
+            // An end of this node whose veth is gone: its pod went without a
+            // DEL. It is forgotten, and nothing is wired to it.
+            if end.node == fabric.node && interfaces.get(&end.host_ifname) != Some(&end.host_ifindex) {
+                dead.push((link, side));
+            } else {
                 by_link.entry(link).or_default()[side.index()] = Some(end);
             }
         }
+        let mut round = Round::default();
+        for (link, side) in dead {
+            let released = del::release(&mut tx, &self.host, Some(&mut dataplane), &fabric, &link, side, None).await?;
+            round.forgotten += usize::from(released.is_some());
+        }
         let wanted: Vec<Entry> = by_link.values().flat_map(|ends| pairing::forwarding(ends, &fabric)).collect();
         let actual = dataplane.entries()?;
-        let mut round = Round::default();
         for entry in actual.iter().filter(|entry| !wanted.contains(entry)) {
             // A slot that gets a new value is overwritten below instead.
             if !wanted.iter().any(|w| w.same_slot(entry)) {

@@ -312,3 +312,70 @@ fn two_ends_added_at_once_on_two_nodes_make_one_link() {
     assert_eq!(ours["ends"].as_array().unwrap().len(), 2);
     assert!(eventually_pings(&alpha, "10.77.0.2", 5), "one link, carrying traffic");
 }
+
+impl Rig {
+    fn stop_agent(&mut self, index: usize) {
+        let mut agent = self.nodes[index].agent.take().expect("the agent runs");
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+
+    /// Waits up to five seconds for node `index`'s peers map to hold `count` entries.
+    fn peers_settle(&self, index: usize, count: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.peers(index).len() == count {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn links(&self) -> Vec<Value> {
+        let out = self.ratchet(0, &["--etcd-endpoints", &self.etcd_endpoint(), "links", "--json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Two nodes with agents and one live link between alpha (node 0) and beta (node 1).
+fn live_cross_node_link() -> (Rig, Pod, Pod, String) {
+    let mut rig = Rig::new();
+    let (alpha, beta, link) = cross_node_pair(&rig);
+    rig.start_agent(0);
+    rig.start_agent(1);
+    assert!(rig.cni(0, "ADD", &alpha).success);
+    assert!(rig.cni(1, "ADD", &beta).success);
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5));
+    (rig, alpha, beta, link)
+}
+
+#[test]
+fn links_keep_forwarding_without_the_agent_and_a_restarted_agent_catches_up() {
+    let (mut rig, alpha, beta, _) = live_cross_node_link();
+    rig.stop_agent(1);
+    assert!(
+        beta.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.1"]).status.success(),
+        "no agent, still a cable"
+    );
+
+    // While node 1's agent is down, alpha goes away on node 0.
+    assert!(rig.cni(0, "DEL", &alpha).success);
+    assert_eq!(rig.peers(1).len(), 1, "nobody has told node 1 yet");
+    rig.start_agent(1);
+    assert!(rig.peers_settle(1, 0), "the restarted agent unwires beta");
+    assert!(rig.cni(1, "DEL", &beta).success);
+}
+
+#[test]
+fn an_end_whose_pod_vanished_is_forgotten_and_its_peer_unwired() {
+    let (rig, alpha, beta, link) = live_cross_node_link();
+    // beta's sandbox disappears without a DEL (its netns, and so its veth, are gone).
+    drop(beta);
+    assert!(rig.peers_settle(1, 0), "node 1 drops the dead end's entries");
+    assert!(rig.peers_settle(0, 0), "and node 0 stops sending alpha's frames into the tunnel");
+    let links = rig.links();
+    let ours = links.iter().find(|l| l["link"] == link.as_str()).unwrap();
+    assert_eq!(ours["state"], "waiting", "only alpha is left: {ours}");
+    assert!(rig.cni(0, "DEL", &alpha).success);
+}

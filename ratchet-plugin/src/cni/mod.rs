@@ -9,7 +9,7 @@
 
 mod add;
 mod check;
-mod del;
+pub mod del;
 pub mod env;
 pub mod error;
 mod gc;
