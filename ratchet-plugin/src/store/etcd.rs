@@ -92,7 +92,7 @@ impl Transaction for EtcdTx<'_> {
         }
         let response = self.store.client.get(key, None).await.map_err(|e| self.unavailable(e))?;
         let found = response.kvs().first();
-        self.reads.insert(key.into(), found.map_or(0, |kv| kv.mod_revision()));
+        self.reads.entry(key.into()).or_insert(found.map_or(0, |kv| kv.mod_revision()));
         Ok(found.map(|kv| kv.value().to_vec()))
     }
 
@@ -102,7 +102,7 @@ impl Transaction for EtcdTx<'_> {
         let mut found = BTreeMap::new();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            self.reads.insert(key.clone(), kv.mod_revision());
+            self.reads.entry(key.clone()).or_insert(kv.mod_revision());
             found.insert(key, kv.value().to_vec());
         }
         for (key, written) in self.writes.range(prefix.to_owned()..).take_while(|(key, _)| key.starts_with(prefix)) {
