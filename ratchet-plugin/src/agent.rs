@@ -11,6 +11,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::Context;
+use ratchet_common::EndStats;
 use tracing::{info, warn};
 
 use crate::{
@@ -42,13 +43,24 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut agent = Agent::start(&settings).await?;
-        info!(node = %settings.node(), "agent running");
+        let metrics = tokio::net::TcpListener::bind(settings.metrics_address)
+            .await
+            .with_context(|| format!("serving metrics on {}", settings.metrics_address))?;
+        info!(node = %settings.node(), metrics = %settings.metrics_address, "agent running");
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
+                accepted = metrics.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        if let Err(error) = agent.serve_metrics(stream).await {
+                            warn!(%error, "metrics request failed");
+                        }
+                    }
+                    Err(error) => warn!(%error, "accepting a metrics connection"),
+                },
                 _ = tick.tick() => match agent.round().await {
                     Ok(round) if round != Round::default() => {
                         info!(written = round.written, removed = round.removed, forgotten = round.forgotten, "reconciled")
@@ -73,6 +85,62 @@ pub struct Agent<'a> {
 impl<'a> Agent<'a> {
     pub async fn start(settings: &'a Settings) -> Result<Self, CniError> {
         Ok(Self { settings, store: store::open(settings).await?, host: Netlink::host()? })
+    }
+
+    /// Answers one HTTP request with the metrics, whatever it asked for:
+    /// the endpoint serves nothing else.
+    async fn serve_metrics(&mut self, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut request)).await;
+        let body = self.metrics().await?;
+        let head = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Links by state (cluster-wide, from the store) and this node's ends'
+    /// counters, in the Prometheus text format.
+    pub async fn metrics(&mut self) -> Result<String, CniError> {
+        let mut tx = self.store.begin().await?;
+        let ends = records::all_ends(&mut tx).await?;
+        let topology = records::topology(&mut tx).await?;
+        drop(tx);
+        let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> =
+            topology.links.iter().map(|link| (link.id(), [None, None])).collect();
+        for (link, side, end) in &ends {
+            by_link.entry(link.clone()).or_default()[side.index()] = Some(end.clone());
+        }
+        let mut out = String::from("# HELP ratchet_links Links by state.\n# TYPE ratchet_links gauge\n");
+        for state in [pairing::LinkState::Up, pairing::LinkState::Waiting, pairing::LinkState::Down] {
+            let count = by_link.values().filter(|ends| pairing::state(ends) == state).count();
+            out.push_str(&format!("ratchet_links{{state=\"{state}\"}} {count}\n"));
+        }
+        let Some(dataplane) = Dataplane::open(&self.settings.pin_root)? else { return Ok(out) };
+        let node = self.settings.node();
+        let counters: [(&str, &str, fn(&EndStats) -> u64); 3] = [
+            ("packets", "Frames", |stats| stats.packets),
+            ("bytes", "Bytes", |stats| stats.bytes),
+            ("drops", "Frames dropped while the peer was missing", |stats| stats.drops),
+        ];
+        for (name, help, value_of) in counters {
+            let metric = format!("ratchet_end_{name}_total");
+            out.push_str(&format!(
+                "# HELP {metric} {help} leaving a link end (this node's ends).\n# TYPE {metric} counter\n"
+            ));
+            for (link, side, end) in ends.iter().filter(|(_, _, end)| end.node == node) {
+                let Some(stats) = dataplane.stats(end.host_ifindex)? else { continue };
+                let value = value_of(&stats);
+                let labels =
+                    format!("link=\"{link}\",side=\"{}\",pod=\"{}\",ifname=\"{}\"", side.as_str(), end.pod, end.ifname);
+                out.push_str(&format!("{metric}{{{labels}}} {value}\n"));
+            }
+        }
+        Ok(out)
     }
 
     /// One reconcile round.

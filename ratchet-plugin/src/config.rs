@@ -49,6 +49,9 @@ pub struct Settings {
     /// cross-node links: it gets a VXLAN device and registers in the store.
     #[serde(default)]
     pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Where `ratchet agent` serves Prometheus metrics.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: std::net::SocketAddr,
     /// The UDP port of the VXLAN underlay.
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
@@ -119,6 +122,10 @@ impl Default for Settings {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("every key has a default")
     }
+}
+
+fn default_metrics_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9478))
 }
 
 fn default_vxlan_port() -> u16 {

@@ -379,3 +379,38 @@ fn an_end_whose_pod_vanished_is_forgotten_and_its_peer_unwired() {
     assert_eq!(ours["state"], "waiting", "only alpha is left: {ours}");
     assert!(rig.cni(0, "DEL", &alpha).success);
 }
+
+/// Scrapes node `index`'s agent over HTTP, from inside the node.
+fn scrape(rig: &Rig, index: usize) -> String {
+    rig.nodes[index]
+        .netns
+        .within(|| {
+            let mut stream = TcpStream::connect("127.0.0.1:9478").expect("the agent serves metrics");
+            stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .join()
+        .unwrap()
+}
+
+/// The value of the first metric line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> u64 {
+    let line = text.lines().find(|line| line.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_agent_serves_links_and_counters_as_prometheus_metrics() {
+    let (rig, alpha, _beta, link) = live_cross_node_link();
+    let first = scrape(&rig, 0);
+    assert!(first.starts_with("HTTP/1.0 200 OK"), "{first}");
+    assert_eq!(metric(&first, "ratchet_links{state=\"up\"}"), 1, "{first}");
+    let sent = format!("ratchet_end_packets_total{{link=\"{link}\",side=\"a\"");
+    let before = metric(&first, &sent);
+    assert!(alpha.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"]).status.success());
+    let after = metric(&scrape(&rig, 0), &sent);
+    assert!(after >= before + 3, "alpha's counter moved: {before} -> {after}");
+    assert!(!first.contains("side=\"b\""), "node 0 reports only its own ends: {first}");
+}
