@@ -24,6 +24,9 @@ use crate::{
     store::{self, AnyStore, Store, Transaction, records},
 };
 
+/// One per-end counter: its metric name part, its help, how to read it.
+type Counter = (&'static str, &'static str, fn(&EndStats) -> u64);
+
 /// What one round changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Round {
@@ -122,7 +125,7 @@ impl<'a> Agent<'a> {
         }
         let Some(dataplane) = Dataplane::open(&self.settings.pin_root)? else { return Ok(out) };
         let node = self.settings.node();
-        let counters: [(&str, &str, fn(&EndStats) -> u64); 3] = [
+        let counters: [Counter; 3] = [
             ("packets", "Frames", |stats| stats.packets),
             ("bytes", "Bytes", |stats| stats.bytes),
             ("drops", "Frames dropped while the peer was missing", |stats| stats.drops),
