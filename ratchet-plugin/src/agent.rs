@@ -22,6 +22,7 @@ use crate::{
     node,
     pairing::{self, Entry},
     store::{self, AnyStore, Store, Transaction, records},
+    topology::Side,
 };
 
 /// One per-end counter: its metric name part, its help, how to read it.
@@ -165,6 +166,7 @@ impl<'a> Agent<'a> {
             }
         }
         let mut round = Round::default();
+        restore_programs(settings, &self.host, &mut tx, &mut dataplane, &fabric, &mut by_link).await?;
         for (link, side) in dead {
             let released = del::release(&mut tx, &self.host, Some(&mut dataplane), &fabric, &link, side, None).await?;
             round.forgotten += usize::from(released.is_some());
@@ -185,4 +187,38 @@ impl<'a> Agent<'a> {
         tx.commit().await?;
         Ok(round)
     }
+}
+
+/// After the pins were made afresh (removed by hand, bpffs remounted),
+/// every live end of this node still runs the old program on the old
+/// maps: give each the current one, restart its counters, and record the
+/// generation; likewise the VXLAN device's tunnel program.
+async fn restore_programs(
+    settings: &Settings,
+    host: &Netlink,
+    tx: &mut impl Transaction,
+    dataplane: &mut Dataplane,
+    fabric: &pairing::Fabric,
+    by_link: &mut HashMap<String, [Option<records::EndRecord>; 2]>,
+) -> Result<(), CniError> {
+    let generation = dataplane.generation();
+    for (link, ends) in by_link.iter_mut() {
+        for (side, end) in [Side::A, Side::B].into_iter().zip(ends.iter_mut()) {
+            let Some(end) = end.as_mut().filter(|end| end.node == fabric.node && end.dataplane != generation) else {
+                continue;
+            };
+            dataplane.reattach(&end.host_ifname, settings.attach)?;
+            dataplane.track(end.host_ifindex)?;
+            end.dataplane = generation;
+            records::put_end(tx, link, side, end).await?;
+            info!(link = %link, end = %end.host_ifname, "restored the program on a host end");
+        }
+    }
+    if let Some(vxlan) = fabric.vxlan_ifindex
+        && !host.ingress_bpf_programs(vxlan).await?.contains(&dataplane.tunnel_program_id()?)
+    {
+        dataplane.reattach_tunnel(node::VXLAN_DEVICE)?;
+        info!("restored the tunnel program on {}", node::VXLAN_DEVICE);
+    }
+    Ok(())
 }

@@ -156,6 +156,30 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Replaces whatever copy of the redirect program a host veth runs with
+    /// this generation's: after the pins were made afresh, the old copy
+    /// still reads the old maps, which nothing updates any more.
+    pub fn reattach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        detach_clsact(ifname, PROG_TO_PEER)?;
+        self.detach_tcx(ifname)?;
+        self.attach(ifname, mode)
+    }
+
+    /// The same for the tunnel program on the VXLAN device.
+    pub fn reattach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        detach_clsact(ifname, PROG_FROM_TUNNEL)?;
+        self.attach_tunnel(ifname)
+    }
+
+    /// The kernel id of the tunnel program.
+    pub fn tunnel_program_id(&self) -> Result<u32, DataplaneError> {
+        let info = self
+            .tunnel_program
+            .info()
+            .map_err(|source| DataplaneError::Program { what: "tunnel program info".into(), source })?;
+        Ok(info.id())
+    }
+
     /// Attaches the tunnel program to the node's VXLAN device's ingress.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         attach_clsact(&mut self.tunnel_program, ifname)
@@ -288,6 +312,14 @@ fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<(), Data
     // Dropping the link would delete the filter.
     std::mem::forget(program.take_link(id).map_err(attach_error)?);
     Ok(())
+}
+
+/// Deletes every ingress filter running a program of this name. None is fine.
+fn detach_clsact(ifname: &str, program: &str) -> Result<(), DataplaneError> {
+    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, program) {
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source }),
+    }
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {

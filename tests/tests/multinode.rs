@@ -203,8 +203,14 @@ impl Rig {
 
     /// The peers map of node `index`, as bpftool dumps it.
     fn peers(&self, index: usize) -> Vec<Value> {
+        self.try_peers(index).expect("node's peers map is pinned")
+    }
+
+    /// The same, or `None` while the map is not pinned.
+    fn try_peers(&self, index: usize) -> Option<Vec<Value>> {
         let pin = self.nodes[index].pin_root.join("peers");
-        serde_json::from_str(&run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()])).unwrap()
+        let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(pin).output().ok()?;
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 }
 
@@ -324,7 +330,7 @@ impl Rig {
     fn peers_settle(&self, index: usize, count: usize) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if self.peers(index).len() == count {
+            if self.try_peers(index).is_some_and(|peers| peers.len() == count) {
                 return true;
             }
             thread::sleep(Duration::from_millis(50));
@@ -413,4 +419,34 @@ fn the_agent_serves_links_and_counters_as_prometheus_metrics() {
     let after = metric(&scrape(&rig, 0), &sent);
     assert!(after >= before + 3, "alpha's counter moved: {before} -> {after}");
     assert!(!first.contains("side=\"b\""), "node 0 reports only its own ends: {first}");
+}
+
+#[test]
+fn the_agent_restores_forwarding_after_the_pins_are_removed() {
+    let (rig, alpha, beta, _) = live_cross_node_link();
+    // Programs and maps lose their pins (bpffs remounted, or removed by hand):
+    // the attached copies keep forwarding on the old maps meanwhile.
+    std::fs::remove_dir_all(&rig.nodes[0].pin_root).unwrap();
+    assert!(rig.peers_settle(0, 1), "the agent loaded the programs again and wrote node 0's entry");
+    let tunnel = rig.nodes[0].pin_root.join("ratchet_from_vx");
+    assert!(tunnel.exists(), "pins are back");
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "forwarding runs on the new maps");
+    let program = rig.nodes[0].pin_root.join("ratchet_to_peer");
+    let shown: Value =
+        serde_json::from_str(&run("bpftool", &["-j", "prog", "show", "pinned", program.to_str().unwrap()])).unwrap();
+    let links = rig.links();
+    let alpha_end =
+        links.iter().flat_map(|l| l["ends"].as_array().unwrap().clone()).find(|e| e["pod"] == "default/alpha");
+    let host_end = alpha_end.unwrap()["host_ifname"].as_str().unwrap().to_owned();
+    let filters =
+        run("ip", &["netns", "exec", &rig.nodes[0].netns.netns, "tc", "filter", "show", "dev", &host_end, "ingress"]);
+    assert!(
+        filters.contains(&format!(" id {} ", shown["id"])),
+        "alpha's host end runs the reloaded program: {filters}"
+    );
+
+    // The new maps are the live ones: a DEL on node 1 unwires node 0 through them.
+    assert!(rig.cni(1, "DEL", &beta).success);
+    assert!(rig.peers_settle(0, 0), "node 0 unwired alpha in the restored maps");
+    assert!(!alpha.exec(&["ping", "-c", "1", "-W", "1", "10.77.0.2"]).status.success());
 }
