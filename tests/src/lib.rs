@@ -606,6 +606,22 @@ impl Etcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): it still accepts connections but answers
+    /// nothing, as a hung or partitioned etcd does. [`Etcd::resume`] thaws it;
+    /// dropping it kills it either way.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("etcd is running").id().to_string();
+        run("kill", &[signal, &pid]);
+    }
+
     /// Starts etcd again on the same ports and data dir, and waits until it is
     /// healthy.
     pub fn start(&mut self) {
