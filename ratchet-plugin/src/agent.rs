@@ -15,14 +15,14 @@ use ratchet_common::EndStats;
 use tracing::{info, warn};
 
 use crate::{
-    cni::{del, error::CniError},
+    cni::{add, del, error::CniError},
     config::Settings,
     dataplane::Dataplane,
     netlink::Netlink,
     node,
     pairing::{self, Entry},
     store::{self, AnyStore, Store, Transaction, records},
-    topology::Side,
+    topology::{Link, Side},
 };
 
 /// One per-end counter: its metric name part, its help, how to read it.
@@ -84,11 +84,13 @@ pub struct Agent<'a> {
     settings: &'a Settings,
     store: AnyStore,
     host: Netlink,
+    /// The topology revision running pods were last brought in line with.
+    synced_rev: Option<u64>,
 }
 
 impl<'a> Agent<'a> {
     pub async fn start(settings: &'a Settings) -> Result<Self, CniError> {
-        Ok(Self { settings, store: store::open(settings).await?, host: Netlink::host()? })
+        Ok(Self { settings, store: store::open(settings).await?, host: Netlink::host()?, synced_rev: None })
     }
 
     /// Answers one HTTP request with the metrics, whatever it asked for:
@@ -153,6 +155,11 @@ impl<'a> Agent<'a> {
         let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
         let mut tx = self.store.begin().await?;
         let fabric = node::join(&mut tx, settings, &self.host, &mut dataplane).await?;
+        let rev = records::topology_rev(&mut tx).await?;
+        let mut unlinked = Vec::new();
+        if self.synced_rev != Some(rev) {
+            unlinked = sync_running_pods(settings, &self.host, &mut tx, &mut dataplane, &fabric).await?;
+        }
         let interfaces = self.host.links().await?;
         let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> = HashMap::new();
         let mut dead = Vec::new();
@@ -185,8 +192,78 @@ impl<'a> Agent<'a> {
             round.written += 1;
         }
         tx.commit().await?;
+        self.synced_rev = Some(rev);
+        for end in &unlinked {
+            del::teardown(&self.host, Some(&dataplane), end).await?;
+        }
         Ok(round)
     }
+}
+
+/// Brings every running pod on this node in line with the topology: ends of
+/// links it gained are made, ends of links it lost are released (returned,
+/// to tear down once committed), and a changed MTU or MAC is set on the live
+/// interfaces. Only a pod ratchet ADDed is known, with its netns.
+async fn sync_running_pods(
+    settings: &Settings,
+    host: &Netlink,
+    tx: &mut impl Transaction,
+    dataplane: &mut Dataplane,
+    fabric: &pairing::Fabric,
+) -> Result<Vec<del::Released>, CniError> {
+    let mut unlinked = Vec::new();
+    for (pod, sandbox) in records::sandboxes(tx).await? {
+        if sandbox.node != fabric.node || !Path::new(&sandbox.netns).exists() {
+            continue;
+        }
+        let links = records::links_of_pod(tx, &pod).await?;
+        let wanted: Vec<(&Link, Side)> =
+            links.iter().flat_map(|link| link.sides_of(&pod).map(move |side| (link, side))).collect();
+        let held = records::container_ends(tx, &sandbox.container_id).await?;
+        for end in &held {
+            if !wanted.iter().any(|(link, side)| link.id() == end.link && *side == end.side) {
+                let holder = Some(sandbox.container_id.as_str());
+                unlinked.extend(del::release(tx, host, Some(dataplane), fabric, &end.link, end.side, holder).await?);
+            }
+        }
+        let in_pod = Netlink::in_netns(&sandbox.netns)?;
+        for (link, side) in wanted {
+            if held.iter().any(|end| end.link == link.id() && end.side == side) {
+                apply_link_settings(settings, host, &in_pod, tx, link, side).await?;
+            } else {
+                add::attach_live(tx, settings, fabric, host, dataplane, &sandbox, link, side).await?;
+                info!(pod = %pod, link = %link.id(), "attached a link end the topology gained");
+            }
+        }
+    }
+    Ok(unlinked)
+}
+
+/// Sets a link's MTU (both ends of this side's veth) and the end's MAC when
+/// the topology changed them.
+async fn apply_link_settings(
+    settings: &Settings,
+    host: &Netlink,
+    in_pod: &Netlink,
+    tx: &mut impl Transaction,
+    link: &Link,
+    side: Side,
+) -> Result<(), CniError> {
+    let Some(record) = records::end(tx, &link.id(), side).await? else { return Ok(()) };
+    let Some(pod_end) = in_pod.link_by_name(record.ifname.as_str()).await? else { return Ok(()) };
+    let mtu = settings.link_mtu(link);
+    if pod_end.mtu != mtu {
+        in_pod.set_mtu(pod_end.index, record.ifname.as_str(), mtu).await?;
+        host.set_mtu(record.host_ifindex, &record.host_ifname, mtu).await?;
+        info!(link = %link.id(), mtu, "changed a link end's MTU");
+    }
+    if let Some(mac) = link.end(side).mac
+        && pod_end.mac != Some(mac)
+    {
+        in_pod.set_mac(pod_end.index, record.ifname.as_str(), mac).await?;
+        info!(link = %link.id(), %mac, "changed a link end's MAC");
+    }
+    Ok(())
 }
 
 /// After the pins were made afresh (removed by hand, bpffs remounted),

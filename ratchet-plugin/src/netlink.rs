@@ -174,6 +174,15 @@ impl Netlink {
         Ok(made)
     }
 
+    pub async fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        self.change(LinkUnspec::new_with_index(index).mtu(mtu).build(), || format!("set MTU {mtu} on {name}")).await
+    }
+
+    pub async fn set_mac(&self, index: u32, name: &str, mac: MacAddr) -> Result<(), NetlinkError> {
+        let change = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
+        self.change(change, || format!("set MAC {mac} on {name}")).await
+    }
+
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
     }

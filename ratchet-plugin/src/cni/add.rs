@@ -21,7 +21,7 @@ use crate::{
     pairing::{self, Entry, Fabric},
     store::{
         self, Store, Transaction,
-        records::{self, EndRecord, EndRef},
+        records::{self, EndRecord, EndRef, SandboxRecord},
     },
     topology::{Link, PodRef, Side},
 };
@@ -98,6 +98,55 @@ pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result
     }
 }
 
+/// Gives a running sandbox one more link end: the agent, when the topology
+/// gained a link for a pod that is already up. Undoes itself on failure.
+#[allow(clippy::too_many_arguments)]
+pub async fn attach_live(
+    tx: &mut impl Transaction,
+    settings: &Settings,
+    fabric: &Fabric,
+    host: &Netlink,
+    dataplane: &mut Dataplane,
+    sandbox: &SandboxRecord,
+    link: &Link,
+    side: Side,
+) -> Result<(), CniError> {
+    let env = CniEnv {
+        container_id: sandbox.container_id.clone(),
+        netns: sandbox.netns.clone(),
+        ifname: sandbox.cni_ifname.clone(),
+        args: Default::default(),
+        path: Vec::new(),
+    };
+    let netns = File::open(&env.netns)
+        .map_err(|e| CniError::Env { var: "CNI_NETNS", reason: format!("{}: {e}", env.netns) })?;
+    let in_pod = Netlink::in_netns(&env.netns)?;
+    let mut attach = Attach {
+        env: &env,
+        settings,
+        fabric,
+        host,
+        in_pod: &in_pod,
+        netns: &netns,
+        dataplane,
+        made: Made::default(),
+        result: CNIResult::default(),
+    };
+    let attached = async {
+        attach.end(tx, link, side).await?;
+        let mut held = records::container_ends(tx, &env.container_id).await?;
+        held.push(EndRef { link: link.id(), side });
+        records::put_container_ends(tx, &env.container_id, &held).await?;
+        Ok::<(), CniError>(())
+    }
+    .await;
+    if attached.is_err() {
+        let made = std::mem::take(&mut attach.made);
+        made.undo(host, &mut *attach.dataplane).await;
+    }
+    attached
+}
+
 /// Releases every end of `pod`'s links that some container still holds.
 async fn release_held_ends(
     tx: &mut impl Transaction,
@@ -140,6 +189,13 @@ impl Attach<'_> {
             }
         }
         records::put_container_ends(tx, &self.env.container_id, &held).await?;
+        let sandbox = SandboxRecord {
+            container_id: self.env.container_id.clone(),
+            cni_ifname: self.env.ifname.clone(),
+            netns: self.env.netns.clone(),
+            node: self.fabric.node.clone(),
+        };
+        records::put_sandbox(tx, pod, &sandbox).await?;
         Ok(())
     }
 

@@ -36,7 +36,16 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
     let refs = records::container_ends(&mut tx, &env.container_id).await?;
-    if refs.is_empty() {
+    // The pod's sandbox record goes too (it may hold no end, e.g. after its
+    // links left the topology while it ran).
+    let sandbox_pod = match env.pod() {
+        Ok(pod) => records::sandbox(&mut tx, &pod)
+            .await?
+            .filter(|sandbox| sandbox.container_id == env.container_id)
+            .map(|_| pod),
+        Err(_) => None,
+    };
+    if refs.is_empty() && sandbox_pod.is_none() {
         return Ok(Vec::new());
     }
     // After a reboot the pins are gone and there is nothing to unwire.
@@ -49,6 +58,9 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
         released.extend(release(&mut tx, &host, dataplane.as_mut(), &fabric, &end.link, end.side, holder).await?);
     }
     records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
+    if let Some(pod) = &sandbox_pod {
+        records::delete_sandbox(&mut tx, pod).await?;
+    }
     tx.commit().await?;
     for end in &released {
         teardown(&host, dataplane.as_ref(), end).await?;

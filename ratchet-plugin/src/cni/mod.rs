@@ -7,7 +7,7 @@
 //! chained after other plugins, or the seed's `delegate`/`boot_network`
 //! standalone mode) and encodes the output for the config's `cniVersion`.
 
-mod add;
+pub mod add;
 mod check;
 pub mod del;
 pub mod env;

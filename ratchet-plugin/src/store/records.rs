@@ -16,6 +16,9 @@ const VNIS: &str = "/ratchet/vnis/";
 /// end of a dropped link may still carry it.
 const VNI_NEXT: &str = "/ratchet/vni-next";
 const NODES: &str = "/ratchet/nodes/";
+const SANDBOXES: &str = "/ratchet/sandboxes/";
+/// Counts topology applies, so the agent knows when to re-sync running pods.
+const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
 
 /// One attached link end: what DEL, CHECK and the CLI need to find it again
 /// even when the pod's netns is already gone.
@@ -38,6 +41,16 @@ pub struct EndRecord {
     /// The link's VXLAN network identifier, for when its peer is elsewhere.
     #[serde(default)]
     pub vni: Option<u32>,
+}
+
+/// A pod's sandbox that ratchet gave links to: where the agent adds or
+/// removes link ends when the topology changes while the pod runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub container_id: String,
+    pub cni_ifname: String,
+    pub netns: String,
+    pub node: String,
 }
 
 /// A node that takes part in cross-node links.
@@ -88,7 +101,42 @@ pub async fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Res
     for (pod, ids) in by_pod {
         put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids).await?;
     }
-    assign_vnis(tx, topology).await
+    assign_vnis(tx, topology).await?;
+    let rev: u64 = get_json(tx, TOPOLOGY_REV).await?.unwrap_or(0);
+    put_json(tx, TOPOLOGY_REV, &(rev + 1)).await
+}
+
+/// How many times a topology was applied.
+pub async fn topology_rev(tx: &mut impl Transaction) -> Result<u64, StoreError> {
+    Ok(get_json(tx, TOPOLOGY_REV).await?.unwrap_or(0))
+}
+
+fn sandbox_key(pod: &PodRef) -> String {
+    format!("{SANDBOXES}{}/{}", pod.namespace, pod.name)
+}
+
+pub async fn put_sandbox(tx: &mut impl Transaction, pod: &PodRef, sandbox: &SandboxRecord) -> Result<(), StoreError> {
+    put_json(tx, &sandbox_key(pod), sandbox).await
+}
+
+pub async fn sandbox(tx: &mut impl Transaction, pod: &PodRef) -> Result<Option<SandboxRecord>, StoreError> {
+    get_json(tx, &sandbox_key(pod)).await
+}
+
+pub async fn delete_sandbox(tx: &mut impl Transaction, pod: &PodRef) -> Result<(), StoreError> {
+    tx.delete(&sandbox_key(pod)).await
+}
+
+/// Every recorded sandbox, with its pod.
+pub async fn sandboxes(tx: &mut impl Transaction) -> Result<Vec<(PodRef, SandboxRecord)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, bytes) in tx.scan(SANDBOXES).await? {
+        let pod = key[SANDBOXES.len()..]
+            .parse()
+            .map_err(|_| StoreError::Corrupt { key: key.clone(), message: "not a sandbox key".into() })?;
+        out.push((pod, decode(&key, &bytes)?));
+    }
+    Ok(out)
 }
 
 /// Gives each link a VNI of its own, kept across applies, and forgets those

@@ -1,0 +1,97 @@
+//! The topology changes while the pods run: the agent adds a link's ends to
+//! running pods, removes the ends of a link that left, and applies a changed
+//! MTU or MAC to the live interfaces.
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ratchet_tests::{Node, Pod, end, ratchet_bin, unique};
+use serde_json::{Value, json};
+
+/// `ratchet agent` for a node, stopped on drop.
+struct Agent(Child);
+
+impl Agent {
+    fn start(node: &Node) -> Self {
+        let mut config = node.config();
+        // Tests run side by side: let the kernel pick each agent's port.
+        config["metrics_address"] = json!("127.0.0.1:0");
+        let file = node.state_dir.path().join("agent.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let child = Command::new(ratchet_bin())
+            .args(["agent", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        Self(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to five seconds for `done`.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn link(name: &str, a: Value, b: Value) -> Value {
+    json!({"name": name, "a": a, "b": b})
+}
+
+#[test]
+fn links_come_and_go_in_running_pods() {
+    let node = Node::new();
+    let (alpha, beta, gamma) =
+        (Pod::new("default", "alpha"), Pod::new("default", "beta"), Pod::new("default", "gamma"));
+    let (l1, l2, l3) = (unique("lk"), unique("lk"), unique("lk"));
+    let first = link(&l1, end(&alpha, "in1", &["10.86.1.1/24"]), end(&beta, "in1", &["10.86.1.2/24"]));
+    let second = link(&l2, end(&alpha, "in2", &["10.86.2.1/24"]), end(&gamma, "in2", &["10.86.2.2/24"]));
+    node.apply(&json!({"links": [first, second]}));
+    for pod in [&alpha, &beta, &gamma] {
+        node.add(pod);
+    }
+    let _agent = Agent::start(&node);
+
+    // A link between two running pods appears.
+    let third = link(&l3, end(&beta, "in3", &["10.86.3.1/24"]), end(&gamma, "in3", &["10.86.3.2/24"]));
+    node.apply(&json!({"links": [first.clone(), second.clone(), third.clone()]}));
+    assert!(eventually(|| beta.link("in3").is_some() && gamma.link("in3").is_some()), "the new link's ends are made");
+    assert!(eventually(|| node.link_state(&l3) == "up"), "and wired");
+    assert!(beta.ping_eventually("10.86.3.2", 3), "and carry traffic");
+
+    // A link leaves the topology: its ends go from the running pods.
+    node.apply(&json!({"links": [second.clone(), third.clone()]}));
+    assert!(eventually(|| alpha.link("in1").is_none() && beta.link("in1").is_none()), "l1's ends are gone");
+    assert!(!node.links().iter().any(|l| l["link"] == l1.as_str()), "and its records");
+    assert!(alpha.ping("10.86.2.2"), "the other links are untouched");
+
+    // A link's MTU and one end's MAC change.
+    let mut changed = second.clone();
+    changed["mtu"] = json!(9000);
+    changed["b"]["mac"] = json!("02:00:00:00:86:02");
+    node.apply(&json!({"links": [changed, third]}));
+    assert!(eventually(|| alpha.link("in2").unwrap()["mtu"] == 9000 && gamma.link("in2").unwrap()["mtu"] == 9000));
+    assert!(eventually(|| gamma.link("in2").unwrap()["address"] == "02:00:00:00:86:02"), "the MAC is set live");
+    let jumbo = alpha.exec(&["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "8972", "10.86.2.2"]);
+    assert!(jumbo.status.success(), "a 9000-byte frame crosses the changed link");
+
+    for pod in [&alpha, &beta, &gamma] {
+        node.del(pod);
+    }
+}
