@@ -86,11 +86,19 @@ pub struct Agent<'a> {
     host: Netlink,
     /// The topology revision running pods were last brought in line with.
     synced_rev: Option<u64>,
+    /// When the node's lease was last renewed.
+    renewed: Option<std::time::Instant>,
 }
 
 impl<'a> Agent<'a> {
     pub async fn start(settings: &'a Settings) -> Result<Self, CniError> {
-        Ok(Self { settings, store: store::open(settings).await?, host: Netlink::host()?, synced_rev: None })
+        Ok(Self {
+            settings,
+            store: store::open(settings).await?,
+            host: Netlink::host()?,
+            synced_rev: None,
+            renewed: None,
+        })
     }
 
     /// Answers one HTTP request with the metrics, whatever it asked for:
@@ -149,8 +157,20 @@ impl<'a> Agent<'a> {
         Ok(out)
     }
 
+    /// Renews the node's lease a few times per lease period.
+    async fn renew_lease(&mut self) -> Result<(), CniError> {
+        let ttl = Duration::from_secs(self.settings.node_lease_seconds);
+        if self.renewed.is_some_and(|at| at.elapsed() < ttl / 3) {
+            return Ok(());
+        }
+        self.store.keep_alive(&self.settings.node(), ttl).await?;
+        self.renewed = Some(std::time::Instant::now());
+        Ok(())
+    }
+
     /// One reconcile round.
     pub async fn round(&mut self) -> Result<Round, CniError> {
+        self.renew_lease().await?;
         let settings = self.settings;
         let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
         let mut tx = self.store.begin().await?;

@@ -140,6 +140,9 @@ struct EndView {
     ifname: String,
     host_ifname: String,
     node: String,
+    /// With etcd: whether the end's node has a live agent lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_alive: Option<bool>,
     container_id: String,
     packets: u64,
     bytes: u64,
@@ -148,6 +151,7 @@ struct EndView {
 
 async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let mut store = store::open(settings).await?;
+    let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
     let dataplane = Dataplane::open(&settings.pin_root)?;
     let mut by_link: BTreeMap<String, [Option<records::EndRecord>; 2]> = BTreeMap::new();
@@ -157,6 +161,7 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     for (link, side, record) in records::all_ends(&mut tx).await? {
         by_link.entry(link).or_default()[side.index()] = Some(record);
     }
+    let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     drop(tx);
     let mut views = Vec::with_capacity(by_link.len());
     for (link, ends) in by_link {
@@ -173,6 +178,7 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 pod: end.pod.to_string(),
                 ifname: end.ifname.to_string(),
                 host_ifname: end.host_ifname,
+                node_alive: alive.as_ref().map(|alive| alive.contains(&end.node)),
                 node: end.node,
                 container_id: end.container_id,
                 packets: stats.packets,
@@ -210,7 +216,10 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
                 end.pod.clone(),
                 end.ifname.clone(),
                 end.host_ifname.clone(),
-                end.node.clone(),
+                match end.node_alive {
+                    Some(false) => format!("{} (down)", end.node),
+                    _ => end.node.clone(),
+                },
                 end.packets.to_string(),
                 end.bytes.to_string(),
                 end.drops.to_string(),

@@ -49,6 +49,10 @@ pub struct Settings {
     /// cross-node links: it gets a VXLAN device and registers in the store.
     #[serde(default)]
     pub node_ip: Option<std::net::Ipv4Addr>,
+    /// How long a node counts as alive after its agent last renewed its
+    /// lease (etcd); a node past it has a dead or unreachable agent.
+    #[serde(default = "default_node_lease_seconds")]
+    pub node_lease_seconds: u64,
     /// Where `ratchet agent` serves Prometheus metrics.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: std::net::SocketAddr,
@@ -122,6 +126,10 @@ impl Default for Settings {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("every key has a default")
     }
+}
+
+fn default_node_lease_seconds() -> u64 {
+    10
 }
 
 fn default_metrics_address() -> std::net::SocketAddr {

@@ -353,6 +353,7 @@ fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
 /// Loads the object and pins what later verbs open; pins go to a fresh
 /// directory first so a crash never leaves a half-pinned root behind.
 fn load_and_pin(root: &Path) -> Result<(), DataplaneError> {
+    sweep_stale_staging(root);
     // bpffs refuses names with a dot in them.
     let staging = PathBuf::from(format!("{}-loading-{}", root.display(), std::process::id()));
     let pin_error = |path: &Path, source| DataplaneError::PinRoot { path: path.display().to_string(), source };
@@ -363,6 +364,21 @@ fn load_and_pin(root: &Path) -> Result<(), DataplaneError> {
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Removes the staging directories of loads whose process died mid-load
+/// (`<root>-loading-<pid>` with no such process): nothing else would.
+fn sweep_stale_staging(root: &Path) {
+    let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else { return };
+    let prefix = format!("{}-loading-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name.to_string_lossy().strip_prefix(&prefix).and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn pin_into(dir: &Path) -> Result<(), DataplaneError> {

@@ -122,6 +122,7 @@ impl Rig {
             "pin_root": node.pin_root,
             "node_name": node.name,
             "node_ip": underlay_ip(index),
+            "node_lease_seconds": 2,
             "etcd_endpoints": [self.etcd_endpoint()],
         })
     }
@@ -234,6 +235,13 @@ impl Drop for Rig {
                 let _ = agent.wait();
             }
             let _ = std::fs::remove_dir_all(&node.pin_root);
+            // A load the agent was killed in the middle of.
+            for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-loading-", node.pin_root.file_name().unwrap().to_string_lossy())) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
         }
         if let Some(mut etcd) = self.etcd.take() {
             let _ = etcd.kill();
@@ -449,4 +457,39 @@ fn the_agent_restores_forwarding_after_the_pins_are_removed() {
     assert!(rig.cni(1, "DEL", &beta).success);
     assert!(rig.peers_settle(0, 0), "node 0 unwired alpha in the restored maps");
     assert!(!alpha.exec(&["ping", "-c", "1", "-W", "1", "10.77.0.2"]).status.success());
+}
+
+#[test]
+fn a_node_whose_agent_died_is_shown_down_once_its_lease_runs_out() {
+    let (mut rig, _alpha, _beta, link) = live_cross_node_link();
+    let alive = |rig: &Rig| -> Vec<(String, Value)> {
+        let links = rig.links();
+        let ours = links.iter().find(|l| l["link"] == link.as_str()).unwrap();
+        ours["ends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["pod"].as_str().unwrap().to_owned(), e["node_alive"].clone()))
+            .collect()
+    };
+    let settles = |rig: &Rig, expected: &[(&str, bool)]| {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            let seen = alive(rig);
+            let wanted: Vec<(String, Value)> = expected.iter().map(|(pod, up)| (pod.to_string(), json!(up))).collect();
+            if seen == wanted {
+                return true;
+            }
+            if Instant::now() > deadline {
+                eprintln!("seen {seen:?}");
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(settles(&rig, &[("default/alpha", true), ("default/beta", true)]), "both agents hold leases");
+    rig.stop_agent(1);
+    assert!(settles(&rig, &[("default/alpha", true), ("default/beta", false)]), "node 1's lease ran out");
+    rig.start_agent(1);
+    assert!(settles(&rig, &[("default/alpha", true), ("default/beta", true)]), "a restarted agent registers again");
 }

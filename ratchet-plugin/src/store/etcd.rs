@@ -17,7 +17,9 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{Store, StoreError, Transaction};
@@ -39,6 +41,8 @@ pub struct EtcdStore {
     client: Client,
     endpoints: String,
     lock_file: std::path::PathBuf,
+    /// The lease this process keeps its node's liveness key under.
+    lease: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
 impl EtcdStore {
@@ -54,7 +58,33 @@ impl EtcdStore {
             .map_err(|e| StoreError::Unavailable { endpoints: endpoints.clone(), message: e.to_string() })?;
         let io = |e: std::io::Error| StoreError::Io { path: state_dir.display().to_string(), message: e.to_string() };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io)?;
-        Ok(Self { client, endpoints, lock_file: state_dir.join("etcd.lock") })
+        Ok(Self { client, endpoints, lock_file: state_dir.join("etcd.lock"), lease: None })
+    }
+
+    /// Keeps `key` alive under a lease of `ttl`: the first call grants the
+    /// lease and puts the key, later ones renew it (granting afresh if it
+    /// lapsed, e.g. while etcd was away). If this process stops renewing,
+    /// etcd deletes the key when the lease runs out.
+    pub async fn keep_alive(&mut self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        let unavailable = |e: etcd_client::Error| StoreError::Unavailable {
+            endpoints: self.endpoints.clone(),
+            message: e.to_string(),
+        };
+        if let Some((keeper, stream)) = &mut self.lease {
+            let renewed = async {
+                keeper.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(stream.message().await?.is_some_and(|answer| answer.ttl() > 0))
+            };
+            if renewed.await.map_err(unavailable)? {
+                return Ok(());
+            }
+        }
+        let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        let granted = self.client.lease_grant(seconds, None).await.map_err(unavailable)?;
+        let options = PutOptions::new().with_lease(granted.id());
+        self.client.put(key, Vec::new(), Some(options)).await.map_err(unavailable)?;
+        self.lease = Some(self.client.lease_keep_alive(granted.id()).await.map_err(unavailable)?);
+        Ok(())
     }
 }
 

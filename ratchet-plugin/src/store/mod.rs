@@ -60,6 +60,22 @@ pub async fn open(settings: &Settings) -> Result<AnyStore, StoreError> {
     }
 }
 
+impl AnyStore {
+    /// Marks `node` alive for `ttl` (renewed by calling again): what the
+    /// agent does each round, so a node whose agent died can be found. The
+    /// embedded store serves one node, which is alive while it answers.
+    pub async fn keep_alive(&mut self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Embedded(_) => Ok(()),
+            AnyStore::Etcd(store) => store.keep_alive(&format!("{}{node}", records::ALIVE), ttl).await,
+        }
+    }
+
+    pub fn is_etcd(&self) -> bool {
+        matches!(self, AnyStore::Etcd(_))
+    }
+}
+
 /// Either backend, so the verbs are written once.
 pub enum AnyStore {
     Embedded(EmbeddedStore),

@@ -16,6 +16,8 @@ const VNIS: &str = "/ratchet/vnis/";
 /// end of a dropped link may still carry it.
 const VNI_NEXT: &str = "/ratchet/vni-next";
 const NODES: &str = "/ratchet/nodes/";
+/// `alive/<node>`: present while the node's agent renews its lease.
+pub const ALIVE: &str = "/ratchet/alive/";
 const SANDBOXES: &str = "/ratchet/sandboxes/";
 /// Counts topology applies, so the agent knows when to re-sync running pods.
 const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
@@ -165,6 +167,11 @@ pub async fn link_vni(tx: &mut impl Transaction, link: &str) -> Result<Option<u3
 /// Registers (or updates) a node's underlay address.
 pub async fn put_node(tx: &mut impl Transaction, name: &str, node: &NodeRecord) -> Result<(), StoreError> {
     put_json(tx, &format!("{NODES}{name}"), node).await
+}
+
+/// The nodes whose agent holds a live lease.
+pub async fn alive_nodes(tx: &mut impl Transaction) -> Result<Vec<String>, StoreError> {
+    Ok(tx.scan(ALIVE).await?.into_iter().map(|(key, _)| key[ALIVE.len()..].to_owned()).collect())
 }
 
 pub async fn nodes(tx: &mut impl Transaction) -> Result<Vec<(String, NodeRecord)>, StoreError> {
