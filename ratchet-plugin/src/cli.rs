@@ -35,6 +35,12 @@ pub struct Cli {
     /// (`etcd_endpoints`); without, the embedded store in --state-dir.
     #[arg(long, global = true, env = "RATCHET_ETCD_ENDPOINTS", value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// etcd user, when its authentication is on (`etcd_username`).
+    #[arg(long, global = true, env = "RATCHET_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    /// etcd password (`etcd_password`); prefer the environment variable.
+    #[arg(long, global = true, env = "RATCHET_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,6 +92,8 @@ pub fn run() -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         pin_root: cli.pin_root,
         etcd_endpoints: cli.etcd_endpoints,
+        etcd_username: cli.etcd_username,
+        etcd_password: cli.etcd_password,
         ..Settings::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -173,6 +173,7 @@ fn etcd_username_and_password_reach_an_etcd_with_auth_on() {
 
     let refused = node.call_pod("ADD", &alpha, &with("wrong"));
     assert!(!refused.success, "a wrong password is refused: {}", refused.stdout);
+    assert_eq!(refused.code(), Some(7), "a config error, not 'try again later': {}", refused.stdout);
     assert!(refused.error_text().contains(&endpoint), "names the etcd: {}", refused.stdout);
     eprintln!("ADD with a wrong etcd password: code {:?}: {}", refused.code(), refused.error_text());
     assert_nothing_made(&alpha, &link, Side::A);

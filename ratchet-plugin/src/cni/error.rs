@@ -74,6 +74,7 @@ impl CniError {
             CniError::IncompatibleVersion(_) => WireError::IncompatibleVersion(details),
             CniError::Io(_) => WireError::IOFailure(details),
             CniError::Store(error) if error.is_transient() => WireError::TryAgainLater(details),
+            CniError::Store(StoreError::Refused { .. }) => WireError::InvalidNetworkConfig(details),
             CniError::Store(_) => WireError::IOFailure(details),
             CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
             CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),

@@ -53,9 +53,7 @@ impl EtcdStore {
         if let Some((user, password)) = &config.credentials {
             options = options.with_user(user, password);
         }
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|e| StoreError::Unavailable { endpoints: endpoints.clone(), message: e.to_string() })?;
+        let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|e| classify(&endpoints, e))?;
         let io = |e: std::io::Error| StoreError::Io { path: state_dir.display().to_string(), message: e.to_string() };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io)?;
         Ok(Self { client, endpoints, lock_file: state_dir.join("etcd.lock"), lease: None })
@@ -96,7 +94,7 @@ impl Store for EtcdStore {
             |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
         let file = fs::File::create(&self.lock_file).map_err(io)?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
-        Ok(EtcdTx { store: self, reads: HashMap::new(), writes: BTreeMap::new(), _lock: lock })
+        Ok(EtcdTx { store: self, reads: HashMap::new(), scans: Vec::new(), writes: BTreeMap::new(), _lock: lock })
     }
 }
 
@@ -104,6 +102,9 @@ pub struct EtcdTx<'a> {
     store: &'a mut EtcdStore,
     /// Each key read, with the revision it was read at (0: absent).
     reads: HashMap<String, i64>,
+    /// Each prefix scanned, with the store revision it was scanned at: no
+    /// key under it may change (or appear) before the commit.
+    scans: Vec<(String, i64)>,
     /// Buffered writes: `None` deletes.
     writes: BTreeMap<String, Option<Vec<u8>>>,
     _lock: Flock<fs::File>,
@@ -111,7 +112,20 @@ pub struct EtcdTx<'a> {
 
 impl EtcdTx<'_> {
     fn unavailable(&self, error: etcd_client::Error) -> StoreError {
-        StoreError::Unavailable { endpoints: self.store.endpoints.clone(), message: error.to_string() }
+        classify(&self.store.endpoints, error)
+    }
+}
+
+/// An error from etcd: refused credentials will not get better by retrying;
+/// everything else (no answer, a lost leader) may.
+fn classify(endpoints: &str, error: etcd_client::Error) -> StoreError {
+    use etcd_client::Error::GRpcStatus;
+    use tonic::Code::{InvalidArgument, PermissionDenied, Unauthenticated};
+    match &error {
+        GRpcStatus(status) if matches!(status.code(), Unauthenticated | PermissionDenied | InvalidArgument) => {
+            StoreError::Refused { endpoints: endpoints.into(), message: status.message().into() }
+        }
+        _ => StoreError::Unavailable { endpoints: endpoints.into(), message: error.to_string() },
     }
 }
 
@@ -129,6 +143,9 @@ impl Transaction for EtcdTx<'_> {
     async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let options = GetOptions::new().with_prefix();
         let response = self.store.client.get(prefix, Some(options)).await.map_err(|e| self.unavailable(e))?;
+        if let Some(header) = response.header() {
+            self.scans.push((prefix.to_owned(), header.revision()));
+        }
         let mut found = BTreeMap::new();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -158,11 +175,16 @@ impl Transaction for EtcdTx<'_> {
         if self.writes.is_empty() {
             return Ok(());
         }
-        let unchanged: Vec<Compare> = self
+        let mut unchanged: Vec<Compare> = self
             .reads
             .iter()
             .map(|(key, revision)| Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision))
             .collect();
+        // A key created or changed under a scanned prefix since the scan has
+        // a newer mod_revision; one deleted fails its own comparison above.
+        unchanged.extend(self.scans.iter().map(|(prefix, revision)| {
+            Compare::mod_revision(prefix.as_str(), CompareOp::Less, revision + 1).with_prefix()
+        }));
         let writes: Vec<TxnOp> = self
             .writes
             .iter()

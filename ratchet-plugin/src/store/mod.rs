@@ -39,6 +39,10 @@ pub enum StoreError {
     /// etcd cannot be reached or did not answer in time: retrying helps.
     #[error("etcd at {endpoints} is unavailable: {message}")]
     Unavailable { endpoints: String, message: String },
+    /// etcd refused the request (bad credentials, no permission): the
+    /// config must change, retrying does not help.
+    #[error("etcd at {endpoints} refused: {message}")]
+    Refused { endpoints: String, message: String },
     /// Another node changed what this transaction read: retrying helps.
     #[error("etcd at {endpoints}: another writer changed these records first")]
     Conflict { endpoints: String },
