@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     cni::error::CniError,
-    store::EtcdConfig,
+    store::{EtcdConfig, EtcdTls},
     topology::{DEFAULT_MTU, Topology},
 };
 
@@ -90,6 +90,15 @@ pub struct Settings {
     pub etcd_username: Option<String>,
     #[serde(default)]
     pub etcd_password: Option<String>,
+    /// The CA that signed etcd's server certificate (PEM): given, etcd is
+    /// reached over TLS (use `https://` endpoints).
+    #[serde(default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
     /// Seed keys accepted as written; labels and the child helper have no
     /// counterpart (see `unused_seed_keys`).
     #[serde(default)]
@@ -191,7 +200,11 @@ impl Settings {
             endpoints.push(format!("http://{host}:{}", self.etcd_port.unwrap_or(2379)));
         }
         let credentials = self.etcd_username.clone().zip(self.etcd_password.clone());
-        (!endpoints.is_empty()).then_some(EtcdConfig { endpoints, credentials })
+        let tls = self
+            .etcd_ca_file
+            .clone()
+            .map(|ca| EtcdTls { ca, client: self.etcd_cert_file.clone().zip(self.etcd_key_file.clone()) });
+        (!endpoints.is_empty()).then_some(EtcdConfig { endpoints, credentials, tls })
     }
 
     /// The node name records carry: the configured one, else the host name.

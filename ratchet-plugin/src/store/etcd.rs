@@ -13,12 +13,13 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     os::unix::fs::DirBuilderExt,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, TlsOptions, Txn, TxnOp,
 };
 use nix::fcntl::{Flock, FlockArg};
 
@@ -35,6 +36,31 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// User and password, when etcd has authentication on.
     pub credentials: Option<(String, String)>,
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the CA to trust, and a client certificate and key if etcd
+/// asks for one. All PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl EtcdTls {
+    fn options(&self, endpoints: &str) -> Result<TlsOptions, StoreError> {
+        let read = |path: &Path| {
+            fs::read(path).map_err(|e| StoreError::Refused {
+                endpoints: endpoints.into(),
+                message: format!("{}: {e}", path.display()),
+            })
+        };
+        let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.client {
+            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(options)
+    }
 }
 
 pub struct EtcdStore {
@@ -52,6 +78,9 @@ impl EtcdStore {
         let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(REQUEST_TIMEOUT);
         if let Some((user, password)) = &config.credentials {
             options = options.with_user(user, password);
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.options(&endpoints)?);
         }
         let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|e| classify(&endpoints, e))?;
         let io = |e: std::io::Error| StoreError::Io { path: state_dir.display().to_string(), message: e.to_string() };

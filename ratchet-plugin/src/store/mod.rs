@@ -22,7 +22,7 @@ pub mod records;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedStore, EmbeddedTx};
-pub use etcd::{EtcdConfig, EtcdStore, EtcdTx};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls, EtcdTx};
 
 use crate::config::Settings;
 
