@@ -53,10 +53,22 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
         info!(node = %settings.node(), metrics = %settings.metrics_address, "agent running");
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(interval);
+        // With etcd, every change starts a round at once; the tick stays as
+        // the floor (and is all there is with the embedded store).
+        let mut changes = agent.store.watch().await?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
+                changed = next_change(&mut changes) => {
+                    if let Err(error) = changed {
+                        warn!(%error, "etcd watch ended; polling until it is back");
+                        changes = None;
+                    }
+                    if let Err(error) = agent.round().await {
+                        warn!(%error, "round failed; retrying");
+                    }
+                }
                 accepted = metrics.accept() => match accepted {
                     Ok((stream, _)) => {
                         if let Err(error) = agent.serve_metrics(stream).await {
@@ -77,6 +89,17 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
         info!("agent stopped");
         Ok(())
     })
+}
+
+/// Waits for the next change the watch reports; forever without a watch.
+async fn next_change(changes: &mut Option<etcd_client::WatchStream>) -> Result<(), etcd_client::Error> {
+    match changes {
+        Some(stream) => match stream.message().await? {
+            Some(_) => Ok(()),
+            None => Err(etcd_client::Error::WatchError("the watch stream closed".into())),
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// The agent's long-lived handles: one store connection, one netlink socket.

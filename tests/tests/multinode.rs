@@ -493,3 +493,15 @@ fn a_node_whose_agent_died_is_shown_down_once_its_lease_runs_out() {
     rig.start_agent(1);
     assert!(settles(&rig, &[("default/alpha", true), ("default/beta", true)]), "a restarted agent registers again");
 }
+
+#[test]
+fn the_second_node_may_attach_first() {
+    let mut rig = Rig::new();
+    let (alpha, beta, _) = cross_node_pair(&rig);
+    rig.start_agent(0);
+    rig.start_agent(1);
+    assert!(rig.cni(1, "ADD", &beta).success, "beta first, on node 1");
+    assert!(rig.peers(1).is_empty(), "beta waits");
+    assert!(rig.cni(0, "ADD", &alpha).success);
+    assert!(eventually_pings(&beta, "10.77.0.1", 5), "then alpha on node 0: the link works");
+}

@@ -19,7 +19,7 @@ use std::{
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, TlsOptions, Txn, TxnOp,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use nix::fcntl::{Flock, FlockArg};
 
@@ -86,6 +86,12 @@ impl EtcdStore {
         let io = |e: std::io::Error| StoreError::Io { path: state_dir.display().to_string(), message: e.to_string() };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io)?;
         Ok(Self { client, endpoints, lock_file: state_dir.join("etcd.lock"), lease: None })
+    }
+
+    /// A stream that yields whenever a key under `prefix` changes.
+    pub async fn watch(&mut self, prefix: &str) -> Result<WatchStream, StoreError> {
+        let options = WatchOptions::new().with_prefix();
+        self.client.watch(prefix, Some(options)).await.map_err(|e| classify(&self.endpoints, e))
     }
 
     /// Keeps `key` alive under a lease of `ttl`: the first call grants the

@@ -75,6 +75,15 @@ impl AnyStore {
         }
     }
 
+    /// With etcd, a stream that yields on every change under `/ratchet/`;
+    /// the embedded store has none (its one node's plugin tells itself).
+    pub async fn watch(&mut self) -> Result<Option<etcd_client::WatchStream>, StoreError> {
+        match self {
+            AnyStore::Embedded(_) => Ok(None),
+            AnyStore::Etcd(store) => store.watch("/ratchet/").await.map(Some),
+        }
+    }
+
     pub fn is_etcd(&self) -> bool {
         matches!(self, AnyStore::Etcd(_))
     }
