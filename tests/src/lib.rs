@@ -400,14 +400,20 @@ impl Drop for Node {
 
 /// Runs a plugin binary with exactly this environment and stdin.
 pub fn call_binary(binary: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
-    let mut child = Command::new(binary)
+    call_command(Command::new(binary), env, stdin)
+}
+
+/// Runs a prepared command (e.g. the plugin under `nsenter`) as a runtime
+/// runs a plugin: exactly this environment, the config on stdin.
+pub fn call_command(mut command: Command, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
+    let mut child = command
         .env_clear()
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     // A plugin may exit before it reads its stdin.
     let _ = child.stdin.take().unwrap().write_all(stdin);
     let out = child.wait_with_output().unwrap();
@@ -417,19 +423,24 @@ pub fn call_binary(binary: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
     Reply { success: out.status.success(), json, stdout, stderr }
 }
 
+/// The `CNI_*` variables kubelet (through containerd) sets for a verb on `pod`.
+pub fn kubelet_env(command: &str, pod: &Pod) -> Vec<(&'static str, String)> {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name);
+    vec![
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", container_of(pod)),
+        ("CNI_NETNS", pod.netns_path()),
+        ("CNI_IFNAME", "eth0".to_owned()),
+        ("CNI_PATH", "/usr/lib/cni".to_owned()),
+        ("CNI_ARGS", args),
+    ]
+}
+
 /// Runs a reference plugin from `/usr/lib/cni` for `pod`, as a runtime runs
 /// the first plugin of a chain: kubelet's `CNI_*` variables, the config on stdin.
 pub fn reference_plugin(plugin: &str, command: &str, pod: &Pod, config: &Value) -> Reply {
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name);
-    let (container, netns) = (container_of(pod), pod.netns_path());
-    let env = [
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", &container),
-        ("CNI_NETNS", &netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/usr/lib/cni"),
-        ("CNI_ARGS", &args),
-    ];
+    let env = kubelet_env(command, pod);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     call_binary(&Path::new("/usr/lib/cni").join(plugin), &env, config.to_string().as_bytes())
 }
 

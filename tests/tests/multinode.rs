@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ratchet_tests::{Pod, Reply, end, pattern, ratchet_bin, run, tcp_transfer, unique};
+use ratchet_tests::{Pod, Reply, call_command, end, kubelet_env, pattern, ratchet_bin, run, tcp_transfer, unique};
 use serde_json::{Value, json};
 
 /// The underlay: node `i` has 10.203.0.`i+1`; every rig is in netns of its own.
@@ -160,46 +160,17 @@ impl Rig {
     /// A CNI verb for `pod` on node `index`, retried while the answer is
     /// "try again later" (11), as kubelet retries.
     fn cni(&self, index: usize, command: &str, pod: &Pod) -> Reply {
-        let container = format!("c-{}", pod.netns);
-        let args = format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name);
-        let netns = pod.netns_path();
-        let env = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", &container),
-            ("CNI_NETNS", &netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-            ("CNI_ARGS", &args),
-        ];
+        let env = kubelet_env(command, pod);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let config = self.config(index).to_string();
         for _ in 0..10 {
-            let reply = self.call_in_node(index, &env, config.as_bytes());
+            let reply = call_command(self.ratchet(index, &[]), &env, config.as_bytes());
             if reply.code() != Some(11) {
                 return reply;
             }
             thread::sleep(Duration::from_millis(100));
         }
         panic!("{command} kept answering 11");
-    }
-
-    /// Runs the plugin inside node `index`'s netns with exactly this
-    /// environment and stdin (nsenter passes the environment through).
-    fn call_in_node(&self, index: usize, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
-        let mut child = self
-            .ratchet(index, &[])
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nsenter");
-        let _ = child.stdin.take().unwrap().write_all(stdin);
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        Reply { success: out.status.success(), json, stdout, stderr }
     }
 
     /// The peers map of node `index`, as bpftool dumps it.
