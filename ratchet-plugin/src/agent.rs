@@ -144,14 +144,8 @@ impl<'a> Agent<'a> {
     /// counters, in the Prometheus text format.
     pub async fn metrics(&mut self) -> Result<String, CniError> {
         let mut tx = self.store.begin().await?;
-        let ends = records::all_ends(&mut tx).await?;
-        let topology = records::topology(&mut tx).await?;
+        let by_link = records::links_with_ends(&mut tx).await?;
         drop(tx);
-        let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> =
-            topology.links.iter().map(|link| (link.id(), [None, None])).collect();
-        for (link, side, end) in &ends {
-            by_link.entry(link.clone()).or_default()[side.index()] = Some(end.clone());
-        }
         let mut out = String::from("# HELP ratchet_links Links by state.\n# TYPE ratchet_links gauge\n");
         for state in [pairing::LinkState::Up, pairing::LinkState::Waiting, pairing::LinkState::Down] {
             let count = by_link.values().filter(|ends| pairing::state(ends) == state).count();
@@ -169,12 +163,18 @@ impl<'a> Agent<'a> {
             out.push_str(&format!(
                 "# HELP {metric} {help} leaving a link end (this node's ends).\n# TYPE {metric} counter\n"
             ));
-            for (link, side, end) in ends.iter().filter(|(_, _, end)| end.node == node) {
-                let Some(stats) = dataplane.stats(end.host_ifindex)? else { continue };
-                let value = value_of(&stats);
-                let labels =
-                    format!("link=\"{link}\",side=\"{}\",pod=\"{}\",ifname=\"{}\"", side.as_str(), end.pod, end.ifname);
-                out.push_str(&format!("{metric}{{{labels}}} {value}\n"));
+            for (link, ends) in &by_link {
+                for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
+                    let Some(end) = end.as_ref().filter(|end| end.node == node) else { continue };
+                    let Some(stats) = dataplane.stats(end.host_ifindex)? else { continue };
+                    let labels = format!(
+                        "link=\"{link}\",side=\"{}\",pod=\"{}\",ifname=\"{}\"",
+                        side.as_str(),
+                        end.pod,
+                        end.ifname
+                    );
+                    out.push_str(&format!("{metric}{{{labels}}} {}\n", value_of(&stats)));
+                }
             }
         }
         Ok(out)

@@ -1,7 +1,6 @@
 //! The operator's CLI: what `ratchet` does when no runtime called it.
 
 use std::{
-    collections::BTreeMap,
     io::{self, Write},
     path::PathBuf,
 };
@@ -162,13 +161,7 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
     let dataplane = Dataplane::open(&settings.pin_root)?;
-    let mut by_link: BTreeMap<String, [Option<records::EndRecord>; 2]> = BTreeMap::new();
-    for link in records::topology(&mut tx).await?.links {
-        by_link.entry(link.id()).or_default();
-    }
-    for (link, side, record) in records::all_ends(&mut tx).await? {
-        by_link.entry(link).or_default()[side.index()] = Some(record);
-    }
+    let by_link = records::links_with_ends(&mut tx).await?;
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     drop(tx);
     let mut views = Vec::with_capacity(by_link.len());

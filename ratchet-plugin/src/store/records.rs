@@ -245,6 +245,21 @@ pub async fn all_ends(tx: &mut impl Transaction) -> Result<Vec<(String, Side, En
     Ok(out)
 }
 
+/// Every link of the topology, and every link with an attached end (a link
+/// the topology dropped keeps its ends until DEL), with both ends.
+pub async fn links_with_ends(
+    tx: &mut impl Transaction,
+) -> Result<std::collections::BTreeMap<String, [Option<EndRecord>; 2]>, StoreError> {
+    let mut by_link: std::collections::BTreeMap<String, [Option<EndRecord>; 2]> = Default::default();
+    for link in topology(tx).await?.links {
+        by_link.entry(link.id()).or_default();
+    }
+    for (link, side, record) in all_ends(tx).await? {
+        by_link.entry(link).or_default()[side.index()] = Some(record);
+    }
+    Ok(by_link)
+}
+
 pub async fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: &EndRecord) -> Result<(), StoreError> {
     put_json(tx, &end_key(link, side), record).await
 }
