@@ -42,7 +42,7 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-    let settings = Settings::from_config(&raw)?;
+    let settings = Settings::from_config(ratchet_entry(&raw).with_context(|| format!("in {}", config.display()))?)?;
     let _ = tracing_subscriber::fmt().with_ansi(false).with_target(false).with_writer(std::io::stderr).try_init();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -89,6 +89,13 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
         info!("agent stopped");
         Ok(())
     })
+}
+
+/// ratchet's settings in a network config: the config itself, or in a
+/// conflist (what `ratchet install` writes) the entry whose type is ratchet.
+fn ratchet_entry(raw: &serde_json::Value) -> anyhow::Result<&serde_json::Value> {
+    let Some(plugins) = raw.get("plugins").and_then(serde_json::Value::as_array) else { return Ok(raw) };
+    plugins.iter().find(|plugin| plugin["type"] == "ratchet").context("a conflist without a ratchet plugin")
 }
 
 /// Waits for the next change the watch reports; forever without a watch.

@@ -57,6 +57,45 @@ enum Command {
     },
     /// Print every frame the datapath moves (through aya-log) until Ctrl-C.
     Trace,
+    /// Copy this binary into a CNI bin dir and write a conflist naming it
+    /// (idempotent). The plugin entry gets --state-dir, --pin-root and the
+    /// etcd flags given here, plus the flags below.
+    Install {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The conflist's file name (runtimes take the first by name).
+        #[arg(long, default_value = "10-ratchet.conflist")]
+        conflist: String,
+        /// The network name in the conflist.
+        #[arg(long, default_value = "ratchet")]
+        network: String,
+        /// This node's name in link records (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// This node's underlay IPv4 address, for links across nodes.
+        #[arg(long)]
+        node_ip: Option<std::net::Ipv4Addr>,
+        /// A JSON file with the CNI config pods without links get (`delegate`).
+        #[arg(long)]
+        delegate: Option<PathBuf>,
+        /// A JSON file with the primary network of linked pods (`boot_network`).
+        #[arg(long)]
+        boot_network: Option<PathBuf>,
+        /// A topology file to carry in the config (`topology`).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
+    /// Remove what `install` put in place.
+    Uninstall {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        #[arg(long, default_value = "10-ratchet.conflist")]
+        conflist: String,
+    },
     /// Keep this node's maps equal to the store (one per node, for links
     /// across nodes). Reads the plugin's network config from FILE.
     Agent {
@@ -100,11 +139,47 @@ pub fn run() -> anyhow::Result<()> {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
+        Command::Install {
+            bin_dir,
+            conf_dir,
+            conflist,
+            network,
+            node_name,
+            node_ip,
+            delegate,
+            boot_network,
+            topology,
+        } => {
+            let mut plugin = serde_json::Map::new();
+            plugin.insert("state_dir".into(), serde_json::json!(settings.state_dir));
+            plugin.insert("pin_root".into(), serde_json::json!(settings.pin_root));
+            if !settings.etcd_endpoints.is_empty() {
+                plugin.insert("etcd_endpoints".into(), serde_json::json!(settings.etcd_endpoints));
+            }
+            plugin.extend(node_name.map(|name| ("node_name".into(), serde_json::json!(name))));
+            plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
+            for (key, file) in [("delegate", delegate), ("boot_network", boot_network), ("topology", topology)] {
+                if let Some(file) = file {
+                    let value = read_json(&file)?;
+                    if key == "topology" {
+                        Topology::from_json(&value.to_string()).with_context(|| format!("in {}", file.display()))?;
+                    }
+                    plugin.insert(key.into(), value);
+                }
+            }
+            crate::install::Install { bin_dir, conf_dir, conflist, network, plugin }.run()
+        }
+        Command::Uninstall { bin_dir, conf_dir, conflist } => crate::install::uninstall(&bin_dir, &conf_dir, &conflist),
         Command::Agent { config, interval_ms } => {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
         Command::Unload { force } => runtime.block_on(unload(&settings, force)),
     }
+}
+
+fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }
 
 async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod delegate;
+pub mod install;
 pub mod naming;
 pub mod netlink;
 pub mod node;

@@ -1,0 +1,75 @@
+//! `ratchet install` / `ratchet uninstall`: put the plugin where a runtime
+//! finds it, with a conflist that names it, or take both away again.
+//!
+//! Both are idempotent: a file already as wanted is left alone (and said
+//! so), and each write goes to a temporary file renamed into place, so a
+//! runtime watching the config directory never reads half a conflist.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::cni::SUPPORTED_VERSIONS;
+
+/// What `install` writes, from its flags.
+pub struct Install {
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub conflist: String,
+    pub network: String,
+    /// ratchet's own keys for the plugin entry (state_dir, etcd, ...).
+    pub plugin: serde_json::Map<String, Value>,
+}
+
+impl Install {
+    /// The conflist: one plugin, ratchet; every version ratchet speaks, so
+    /// a 1.1 runtime picks the newest it shares.
+    pub fn conflist(&self) -> Value {
+        let newest = SUPPORTED_VERSIONS.last().expect("a version").to_string();
+        let versions: Vec<String> = SUPPORTED_VERSIONS.iter().map(ToString::to_string).collect();
+        let mut plugin = self.plugin.clone();
+        plugin.insert("type".into(), json!("ratchet"));
+        json!({"cniVersion": newest, "cniVersions": versions, "name": self.network, "plugins": [plugin]})
+    }
+
+    pub fn run(&self) -> anyhow::Result<()> {
+        let binary = std::env::current_exe().context("finding this binary")?;
+        let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+        place(&self.bin_dir.join("ratchet"), &bytes, 0o755)?;
+        let text = serde_json::to_string_pretty(&self.conflist()).expect("JSON serializes") + "\n";
+        place(&self.conf_dir.join(&self.conflist), text.as_bytes(), 0o644)
+    }
+}
+
+/// Removes the binary and the conflist; missing ones are fine.
+pub fn uninstall(bin_dir: &Path, conf_dir: &Path, conflist: &str) -> anyhow::Result<()> {
+    for path in [bin_dir.join("ratchet"), conf_dir.join(conflist)] {
+        match fs::remove_file(&path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("{} was not there", path.display()),
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` unless it already holds them.
+fn place(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if fs::read(path).is_ok_and(|current| current == bytes) {
+        println!("{} is up to date", path.display());
+        return Ok(());
+    }
+    let dir = path.parent().context("a path with a directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let staging = dir.join(format!(".{}.ratchet-install", path.file_name().expect("a file name").to_string_lossy()));
+    fs::write(&staging, bytes).with_context(|| format!("writing {}", staging.display()))?;
+    fs::set_permissions(&staging, fs::Permissions::from_mode(mode))?;
+    fs::rename(&staging, path).with_context(|| format!("moving {} into place", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `ratchet install` / `uninstall`, and the manifests in deploy/.
+
+use std::path::Path;
+
+use ratchet_tests::{Node, Pod, call_binary, end, kubelet_env, ratchet_bin, unique};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+fn install(bin: &Path, conf: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["install", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
+    args.extend(extra);
+    ratchet_tests::run(ratchet_bin().to_str().unwrap(), &args)
+}
+
+#[test]
+fn install_is_idempotent_and_the_installed_plugin_works_from_its_conflist() {
+    let node = Node::new();
+    let dirs = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dirs.path().join("bin"), dirs.path().join("net.d"));
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let topology = dirs.path().join("topology.json");
+    std::fs::write(
+        &topology,
+        json!({"links": [{"name": unique("lk"),
+        "a": end(&alpha, "in1", &["10.89.0.1/24"]), "b": end(&beta, "in2", &["10.89.0.2/24"])}]})
+        .to_string(),
+    )
+    .unwrap();
+    let flags = ["--state-dir", node.state_dir.path().to_str().unwrap(), "--pin-root", node.pin_root.to_str().unwrap()];
+    let mut extra = flags.to_vec();
+    extra.extend(["--topology", topology.to_str().unwrap()]);
+
+    let first = install(&bin, &conf, &extra);
+    assert!(first.contains("wrote"), "{first}");
+    let again = install(&bin, &conf, &extra);
+    assert_eq!(again.matches("up to date").count(), 2, "a second install changes nothing: {again}");
+    assert_eq!(std::fs::read(bin.join("ratchet")).unwrap(), std::fs::read(ratchet_bin()).unwrap());
+
+    // Run the installed binary the way a runtime reads the conflist.
+    let conflist: Value = serde_json::from_slice(&std::fs::read(conf.join("10-ratchet.conflist")).unwrap()).unwrap();
+    assert_eq!(conflist["cniVersions"].as_array().unwrap().len(), 5);
+    let mut plugin = conflist["plugins"][0].clone();
+    assert_eq!(plugin["type"], "ratchet");
+    plugin["name"] = conflist["name"].clone();
+    plugin["cniVersion"] = conflist["cniVersion"].clone();
+    for pod in [&alpha, &beta] {
+        let env = kubelet_env("ADD", pod);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = call_binary(&bin.join("ratchet"), &env, plugin.to_string().as_bytes());
+        assert!(reply.success, "ADD through the installed conflist: {}", reply.stdout);
+        assert_eq!(reply.json["cniVersion"], "1.1.0");
+    }
+    assert!(alpha.ping("10.89.0.2"));
+    for pod in [&alpha, &beta] {
+        node.del(pod);
+    }
+
+    let args = ["uninstall", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
+    let removed = ratchet_tests::run(ratchet_bin().to_str().unwrap(), &args);
+    assert_eq!(removed.matches("removed").count(), 2, "{removed}");
+    let again = ratchet_tests::run(ratchet_bin().to_str().unwrap(), &args);
+    assert_eq!(again.matches("was not there").count(), 2, "{again}");
+}
+
+#[test]
+fn install_refuses_a_bad_topology() {
+    let dirs = tempfile::tempdir().unwrap();
+    let topology = dirs.path().join("topology.json");
+    std::fs::write(
+        &topology,
+        r#"{"links": [{"a": {"pod": "x", "ifname": "in1"}, "b": {"pod": "default/b", "ifname": "in1"}}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(ratchet_bin())
+        .args(["install", "--bin-dir", dirs.path().join("bin").to_str().unwrap()])
+        .args(["--conf-dir", dirs.path().join("conf").to_str().unwrap(), "--topology", topology.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!dirs.path().join("conf").exists(), "nothing written");
+}
+
+/// Every manifest parses, names its kind, and the example topology and the
+/// ConfigMap's files are what ratchet accepts.
+#[test]
+fn the_deploy_manifests_parse() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(&deploy).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml") => {
+                for document in serde_yaml::Deserializer::from_str(&text) {
+                    let value =
+                        serde_yaml::Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{}: no kind", path.display()));
+                    assert!(value["metadata"]["name"].is_string(), "{}: {kind} has no name", path.display());
+                    kinds.push(kind.to_owned());
+                    if kind == "ConfigMap" {
+                        for (key, data) in value["data"].as_mapping().unwrap() {
+                            if key.as_str().unwrap().ends_with(".json") {
+                                let json: Value = serde_json::from_str(data.as_str().unwrap()).unwrap();
+                                assert!(json.is_object(), "{key:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            Some("json") => {
+                ratchet_plugin::topology::Topology::from_json(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["ConfigMap", "DaemonSet", "NetworkAttachmentDefinition", "Pod"]);
+}
