@@ -61,13 +61,8 @@ enum Command {
     /// (idempotent). The plugin entry gets --state-dir, --pin-root and the
     /// etcd flags given here, plus the flags below.
     Install {
-        #[arg(long, default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        #[arg(long, default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        /// The conflist's file name (runtimes take the first by name).
-        #[arg(long, default_value = "10-ratchet.conflist")]
-        conflist: String,
+        #[command(flatten)]
+        paths: InstallPaths,
         /// The network name in the conflist.
         #[arg(long, default_value = "ratchet")]
         network: String,
@@ -89,12 +84,8 @@ enum Command {
     },
     /// Remove what `install` put in place.
     Uninstall {
-        #[arg(long, default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        #[arg(long, default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        #[arg(long, default_value = "10-ratchet.conflist")]
-        conflist: String,
+        #[command(flatten)]
+        paths: InstallPaths,
     },
     /// Keep this node's maps equal to the store (one per node, for links
     /// across nodes). Reads the plugin's network config from FILE.
@@ -111,6 +102,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Where `install` puts the plugin and its conflist.
+#[derive(clap::Args)]
+struct InstallPaths {
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The conflist's file name (runtimes take the first by name).
+    #[arg(long, default_value = "10-ratchet.conflist")]
+    conflist: String,
 }
 
 #[derive(Subcommand)]
@@ -140,9 +143,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
         Command::Install {
-            bin_dir,
-            conf_dir,
-            conflist,
+            paths: InstallPaths { bin_dir, conf_dir, conflist },
             network,
             node_name,
             node_ip,
@@ -169,7 +170,7 @@ pub fn run() -> anyhow::Result<()> {
             }
             crate::install::Install { bin_dir, conf_dir, conflist, network, plugin }.run()
         }
-        Command::Uninstall { bin_dir, conf_dir, conflist } => crate::install::uninstall(&bin_dir, &conf_dir, &conflist),
+        Command::Uninstall { paths } => crate::install::uninstall(&paths.bin_dir, &paths.conf_dir, &paths.conflist),
         Command::Agent { config, interval_ms } => {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
