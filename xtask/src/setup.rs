@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 12] = [
+const APT_PACKAGES: [&str; 17] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -35,6 +35,14 @@ const APT_PACKAGES: [&str; 12] = [
     // The multi-node tests start a real etcd.
     "etcd-server",
     "etcd-client",
+    // The containerd test: kubelet's path through a real runtime. No image can
+    // be pulled, so it builds its own: a static pause program (gcc, libc.a)
+    // and a busybox image.
+    "containerd",
+    "runc",
+    "busybox-static",
+    "gcc",
+    "libc6-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
