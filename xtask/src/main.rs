@@ -2,13 +2,14 @@
 //! .cargo/config.toml). This crate builds with plain rustup stable: it must
 //! work on a fresh machine before `cargo xtask setup` has installed anything.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod setup;
 mod test;
 mod util;
 
-use std::{ffi::OsString, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,17 @@ enum Task {
     /// Walk through the plugin's main job on two throwaway pods: ADD, ping,
     /// TCP, inspect, DEL, unload. Needs root.
     Demo,
+    /// Measure ratchet against the bridge and ptp plugins and a bare veth
+    /// pair (CNI ADD/DEL latency, TCP throughput, request/response) and
+    /// write a report (Markdown, JSON, SVG). Needs root.
+    Bench {
+        /// A few repetitions and short runs (under a minute), as CI runs it.
+        #[arg(long)]
+        quick: bool,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Set up, build, run clippy and the whole test suite (as root).
     Test {
         /// Passed to `cargo test` as given, `--` included, e.g.
@@ -45,6 +57,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf::run().map(drop),
         Task::Demo => demo::run(),
+        Task::Bench { quick, out } => bench::run(quick, &out),
         // clap drops the first `--`; cargo test needs it to tell its own
         // arguments from the test binaries', so take them as typed.
         Task::Test { .. } => test::run(&test::raw_args()),

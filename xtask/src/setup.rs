@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 17] = [
+const APT_PACKAGES: [&str; 18] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -28,6 +28,8 @@ const APT_PACKAGES: [&str; 17] = [
     "iproute2",
     "iputils-ping",
     "iperf3",
+    // `cargo xtask bench`: request/response (ping-pong) over TCP.
+    "sockperf",
     "containernetworking-plugins",
     // etcd-client's build runs protoc, which needs the well-known protos too.
     "protobuf-compiler",

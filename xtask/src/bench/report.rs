@@ -1,0 +1,368 @@
+//! The report: report.md (figures, targets, method, machine), report.json
+//! (every sample and summary) and SVG plots drawn with plotters.
+
+use std::{fs, path::Path};
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+use super::{
+    Plan, Plugin,
+    control::{Control, Runs},
+    datapath::{self, Datapath, PathRuns},
+    percentile, sorted,
+};
+
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':').map(|(_, model)| model.trim().to_owned()))
+            .unwrap_or_else(|| "unknown".into());
+        let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        Machine { kernel, cpus, cpu_model }
+    }
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub plan: Plan,
+    pub control: Control,
+    pub datapath: Datapath,
+    pub elapsed_s: f64,
+    pub pinned: Option<(usize, usize)>,
+}
+
+/// One row of the main table.
+struct Row {
+    figure: String,
+    /// ratchet, veth, bridge, ptp (None: not measured for that column).
+    values: [Option<f64>; 4],
+    /// (ratio, its name, target text, pass)
+    target: Option<(f64, &'static str, &'static str, bool)>,
+}
+
+impl Report {
+    fn runs(&self, plugin: Plugin) -> &Runs {
+        self.control.runs.iter().find(|run| run.plugin == plugin).expect("every plugin was measured")
+    }
+
+    fn path(&self, name: &str) -> &PathRuns {
+        self.datapath.paths.iter().find(|path| path.name == name).expect("every path was measured")
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let control = |select: fn(&Runs) -> &Vec<f64>, p: f64| {
+            let value = |plugin| percentile(&sorted(select(self.runs(plugin))), p);
+            [Some(value(Plugin::Ratchet)), None, Some(value(Plugin::Bridge)), Some(value(Plugin::Ptp))]
+        };
+        for (verb, select, limit, text) in [
+            ("ADD", (|r: &Runs| &r.add_ms) as fn(&Runs) -> &Vec<f64>, 0.5, "<= 0.5x bridge"),
+            ("DEL", |r: &Runs| &r.del_ms, 0.3, "<= 0.3x bridge"),
+        ] {
+            for p in [50.0, 95.0, 99.0] {
+                let values = control(select, p);
+                let target = (p == 50.0).then(|| {
+                    let ratio = values[0].unwrap_or(f64::NAN) / values[2].unwrap_or(f64::NAN);
+                    (ratio, "ratchet/bridge", text, ratio <= limit)
+                });
+                rows.push(Row { figure: format!("CNI {verb} p{p:.0} (ms)"), values, target });
+            }
+        }
+        let median = |select: fn(&PathRuns) -> &Vec<f64>| {
+            ["ratchet", "veth", "bridge", "ptp"].map(|name| Some(percentile(&sorted(select(self.path(name))), 50.0)))
+        };
+        let values = median(|p| &p.gbps);
+        let ratio = values[0].unwrap_or(f64::NAN) / values[1].unwrap_or(f64::NAN);
+        rows.push(Row {
+            figure: "TCP throughput, median (Gbit/s)".into(),
+            values,
+            target: Some((ratio, "ratchet/veth", ">= 1.0x veth", ratio >= 1.0)),
+        });
+        let values = median(|p| &p.rr_per_s);
+        let ratio = values[0].unwrap_or(f64::NAN) / values[2].unwrap_or(f64::NAN);
+        rows.push(Row {
+            figure: format!("TCP request/response, {} B, median (per s)", datapath::MESSAGE_BYTES),
+            values,
+            target: Some((ratio, "ratchet/bridge", ">= 1.2x bridge", ratio >= 1.2)),
+        });
+        rows.push(Row {
+            figure: "RR latency p50, median (µs, half RTT)".into(),
+            values: median(|p| &p.lat_p50_us),
+            target: None,
+        });
+        rows.push(Row {
+            figure: "RR latency p99, median (µs, half RTT)".into(),
+            values: median(|p| &p.lat_p99_us),
+            target: None,
+        });
+        let values = median(|p| &p.cpu_us_per_tx);
+        let ratio = values[0].unwrap_or(f64::NAN) / values[1].unwrap_or(f64::NAN);
+        rows.push(Row {
+            figure: "CPU per transaction, median (µs)".into(),
+            values,
+            target: Some((ratio, "ratchet/veth", "<= 1.03x veth", ratio <= 1.03)),
+        });
+        rows
+    }
+
+    pub fn write(&self, out: &Path) -> anyhow::Result<()> {
+        let rows = self.rows();
+        let md = self.markdown(&rows);
+        fs::write(out.join("report.md"), &md).context("writing report.md")?;
+        fs::write(out.join("report.json"), serde_json::to_string_pretty(&self.json(&rows))?)
+            .context("writing report.json")?;
+        self.plot_control(&out.join("cni-latency.svg"))?;
+        self.plot_datapath(&out.join("datapath.svg"))?;
+        println!("\n{}", table(&rows));
+        Ok(())
+    }
+
+    fn markdown(&self, rows: &[Row]) -> String {
+        let m = &self.machine;
+        let plan = &self.plan;
+        let samples = self.control.runs.first().map_or(0, |run| run.add_ms.len());
+        let pinning = match self.pinned {
+            Some((client, server)) => {
+                format!("clients pinned to CPU {client} and servers to CPU {server} with `taskset`")
+            }
+            None => "not pinned (fewer than 2 CPUs or no taskset)".into(),
+        };
+        format!(
+            "# ratchet benchmark{quick}\n\n\
+             Machine: Linux {kernel}, {cpus} CPU(s) ({model}). Run took {elapsed:.0} s.\n\n\
+             {table}\n\
+             Ratios compare medians (p50); a target is reported, never asserted.\n\n\
+             ![CNI ADD/DEL latency](cni-latency.svg)\n![datapath](datapath.svg)\n\n\
+             ## Method\n\n\
+             - **Control plane.** Each plugin binary is run as a runtime runs it through libcni: its config \
+             (the conflist entry with `name` and `cniVersion`) on stdin, `CNI_COMMAND`, `CNI_CONTAINERID`, \
+             `CNI_NETNS`, `CNI_IFNAME=eth0`, `CNI_PATH=/usr/lib/cni`, `CNI_ARGS` with `K8S_POD_*`; DEL gets \
+             the ADD result as `prevResult`. Wall time is the whole process, spawn to exit. Every ADD is on a \
+             fresh netns (made before the clock starts). ratchet: a topology of {links} links, one ADD per \
+             link end (pod), {samples} ADDs; bridge (`isGateway`, no `ipMasq`) and ptp (no `ipMasq`), both \
+             with host-local IPAM, get {samples} ADDs each, interleaved with ratchet's in a rotating order. \
+             All ADDs come first (the node fills up to {samples} pods per plugin), then all DELs in the same \
+             order. One ADD+DEL per plugin before that is a warm-up and not counted (ratchet's first ADD loads \
+             and pins its program; bridge's makes the bridge). p50/p95/p99 are nearest-rank.\n\
+             - **Datapath.** Two pods (netns) joined four ways: a ratchet link (clsact attach, the default), \
+             a bare veth pair with no program (the floor), the bridge plugin and the ptp plugin, all MTU 1500, \
+             IPv4. Throughput: `iperf3` one TCP stream, {secs} s per run{omit}, receiver's rate. \
+             Request/response: `sockperf ping-pong --tcp --mps=max -m {msg}` ({msg}-byte messages each way, \
+             one connection, {secs} s per run); rate = round trips / sockperf's valid duration; latency is \
+             sockperf's (half a round trip). CPU per transaction: busy jiffies of the whole machine \
+             (user+nice+system+irq+softirq from /proc/stat) over the sockperf run, divided by its round trips; \
+             it includes both ends and anything else the machine did. {reps} runs per path, paths interleaved \
+             in a rotating order; the table shows medians of the runs. {pinning}.\n\n\
+             ## Spread\n\n{spread}\n\
+             ## Not measured yet\n\n\
+             ADD latency at scale (links 1..1000, ADD p95 at the 1000th vs the 10th), peer-appears-to-traffic \
+             latency, map memory per link, agent RSS and fds, cross-node (a ratchet VXLAN link vs a kernel \
+             VXLAN device per link), tcx attach mode.\n",
+            quick = if plan.quick { " (--quick: few samples, short runs; not for quoting)" } else { "" },
+            kernel = m.kernel,
+            cpus = m.cpus,
+            model = m.cpu_model,
+            elapsed = self.elapsed_s,
+            table = table(rows),
+            links = plan.links,
+            secs = plan.seconds,
+            omit = if plan.quick { "" } else { " after a 1 s omitted warm-up" },
+            msg = datapath::MESSAGE_BYTES,
+            reps = plan.reps,
+            spread = self.spread(),
+        )
+    }
+
+    fn spread(&self) -> String {
+        let mut text = String::from(
+            "| CNI (ms) | ADD min | ADD p50 | ADD p95 | ADD p99 | ADD max | DEL min | DEL p50 | DEL p95 | DEL p99 | DEL max |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for run in &self.control.runs {
+            let cells = |samples: &[f64]| {
+                let s = sorted(samples);
+                [0.0, 50.0, 95.0, 99.0, 100.0]
+                    .map(|p| format!("{:.2}", if p == 0.0 { s[0] } else { percentile(&s, p) }))
+                    .join(" | ")
+            };
+            text += &format!("| {} | {} | {} |\n", run.plugin.name(), cells(&run.add_ms), cells(&run.del_ms));
+        }
+        text += "\n| datapath, min / median / max of runs | Gbit/s | RR per s | CPU µs per RR |\n|---|---|---|---|\n";
+        for path in &self.datapath.paths {
+            let cells = |samples: &[f64], digits: usize| {
+                let s = sorted(samples);
+                format!("{:.digits$} / {:.digits$} / {:.digits$}", s[0], percentile(&s, 50.0), s[s.len() - 1])
+            };
+            text += &format!(
+                "| {} | {} | {} | {} |\n",
+                path.name,
+                cells(&path.gbps, 2),
+                cells(&path.rr_per_s, 0),
+                cells(&path.cpu_us_per_tx, 1)
+            );
+        }
+        text
+    }
+
+    fn json(&self, rows: &[Row]) -> Value {
+        json!({
+            "machine": { "kernel": self.machine.kernel, "cpus": self.machine.cpus, "cpu_model": self.machine.cpu_model },
+            "plan": { "quick": self.plan.quick, "links": self.plan.links, "reps": self.plan.reps, "seconds": self.plan.seconds },
+            "pinned_cpus": self.pinned.map(|(client, server)| json!({ "client": client, "server": server })),
+            "elapsed_s": self.elapsed_s,
+            "figures": rows.iter().map(|row| json!({
+                "figure": row.figure,
+                "ratchet": row.values[0], "veth": row.values[1], "bridge": row.values[2], "ptp": row.values[3],
+                "ratio": row.target.map(|t| json!({ "value": finite(t.0), "of": t.1 })),
+                "target": row.target.map(|t| t.2),
+                "pass": row.target.map(|t| t.3),
+            })).collect::<Vec<_>>(),
+            "samples": {
+                "cni_ms": self.control.runs.iter().map(|run| (run.plugin.name().to_owned(), json!({ "add": run.add_ms, "del": run.del_ms }))).collect::<serde_json::Map<_, _>>(),
+                "datapath": self.datapath.paths.iter().map(|path| (path.name.to_owned(), json!({
+                    "gbps": path.gbps, "rr_per_s": path.rr_per_s, "latency_p50_us": path.lat_p50_us,
+                    "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
+                }))).collect::<serde_json::Map<_, _>>(),
+            },
+        })
+    }
+
+    /// ADD and DEL latency, one CDF per plugin, side by side.
+    fn plot_control(&self, file: &Path) -> anyhow::Result<()> {
+        let root = SVGBackend::new(file, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let panels = root.split_evenly((1, 2));
+        for (panel, (verb, select)) in panels
+            .iter()
+            .zip([("ADD", (|r: &Runs| &r.add_ms) as fn(&Runs) -> &Vec<f64>), ("DEL", |r: &Runs| &r.del_ms)])
+        {
+            let max = self.control.runs.iter().flat_map(|run| select(run).iter().copied()).fold(1.0, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("CNI {verb} latency (whole process)"), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(45)
+                .build_cartesian_2d(0.0..max * 1.05, 0.0..1.0)
+                .map_err(plot_error)?;
+            chart.configure_mesh().x_desc("ms").y_desc("fraction of calls").draw().map_err(plot_error)?;
+            for (i, run) in self.control.runs.iter().enumerate() {
+                let s = sorted(select(run));
+                let n = s.len() as f64;
+                let color = Palette99::pick(i).to_rgba();
+                let points = s.iter().enumerate().map(|(k, &x)| (x, (k + 1) as f64 / n));
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                    .map_err(plot_error)?
+                    .label(run.plugin.name())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+        Ok(())
+    }
+
+    /// Throughput, request/response rate and CPU per transaction per path,
+    /// each relative to the bare veth pair (median of runs, bars).
+    fn plot_datapath(&self, file: &Path) -> anyhow::Result<()> {
+        let root = SVGBackend::new(file, (1000, 380)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let panels = root.split_evenly((1, 3));
+        let figures: [(&str, PathFigure); 3] = [
+            ("TCP throughput (Gbit/s)", |p| &p.gbps),
+            ("request/response (per s)", |p| &p.rr_per_s),
+            ("CPU per transaction (µs)", |p| &p.cpu_us_per_tx),
+        ];
+        let names: Vec<&str> = self.datapath.paths.iter().map(|path| path.name).collect();
+        for (panel, (title, select)) in panels.iter().zip(figures) {
+            let medians: Vec<f64> =
+                self.datapath.paths.iter().map(|path| percentile(&sorted(select(path)), 50.0)).collect();
+            let top = medians.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9) * 1.15;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(55)
+                .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..top)
+                .map_err(plot_error)?;
+            let labels = names.clone();
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(names.len())
+                .x_label_formatter(&|x| match x {
+                    SegmentValue::CenterOf(i) => labels.get(*i).map_or(String::new(), |name| (*name).to_owned()),
+                    _ => String::new(),
+                })
+                .draw()
+                .map_err(plot_error)?;
+            chart
+                .draw_series(medians.iter().enumerate().map(|(i, &value)| {
+                    let color = Palette99::pick(i).to_rgba().filled();
+                    let mut bar =
+                        Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), value)], color);
+                    bar.set_margin(0, 0, 8, 8);
+                    bar
+                }))
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+        Ok(())
+    }
+}
+
+/// Picks one figure's samples out of a path's runs.
+type PathFigure = fn(&PathRuns) -> &Vec<f64>;
+
+fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {error}")
+}
+
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+/// The main table in Markdown.
+fn table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| figure | ratchet | veth (no program) | bridge | ptp | ratio | target | result |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let cell = |value: Option<f64>| match value {
+        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "—".into(),
+    };
+    for row in rows {
+        let (ratio, target, result) = match row.target {
+            Some((ratio, of, target, pass)) => {
+                (format!("{ratio:.2} ({of})"), target.to_owned(), if pass { "PASS" } else { "FAIL" }.to_owned())
+            }
+            None => ("—".into(), "—".into(), "—".into()),
+        };
+        text += &format!(
+            "| {} | {} | {} | {} | {} | {ratio} | {target} | {result} |\n",
+            row.figure,
+            cell(row.values[0]),
+            cell(row.values[1]),
+            cell(row.values[2]),
+            cell(row.values[3])
+        );
+    }
+    text
+}
