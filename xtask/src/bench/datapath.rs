@@ -81,8 +81,8 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
         for i in 0..paths.len() {
             let p = (rep + i) % paths.len();
             let (path, run) = (&paths[p], &mut runs[p]);
-            let gbps = iperf(lab, plan, path)?;
-            let rr = sockperf(lab, plan, path, clk_tck)?;
+            let gbps = retry(|| iperf(lab, plan, path))?;
+            let rr = retry(|| sockperf(lab, plan, path, clk_tck))?;
             println!(
                 "  rep {rep} {:8} {gbps:6.2} Gbit/s | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU/RR",
                 path.name, rr.per_s, rr.p50_us, rr.cpu_us
@@ -95,6 +95,23 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
         }
     }
     Ok(Datapath { paths: runs })
+}
+
+/// A run that fails for a passing reason (a server still finishing the
+/// previous test, a lost SYN on a loaded machine) gets two more tries; a
+/// measurement that fails three times in a row is broken.
+fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    for attempt in 1.. {
+        match run() {
+            Ok(value) => return Ok(value),
+            Err(error) if attempt < 3 => {
+                println!("  (attempt {attempt} failed, retrying in 1 s: {error:#})");
+                thread::sleep(Duration::from_secs(1));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// A ratchet link: the topology's datapath link, both pods ADDed.
