@@ -18,10 +18,16 @@ on_each_store!(
     one_pod_holds_three_links,
 );
 
-fn comes_up_and_carries_traffic(node: &Node, alpha_first: bool) {
+/// Two pods and one link between them, applied (not added).
+fn applied_pair(node: &Node) -> (Pod, Pod, String) {
     let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
     let l1 = unique("lk");
     node.apply(&pair_topology(&l1, &alpha, &beta));
+    (alpha, beta, l1)
+}
+
+fn comes_up_and_carries_traffic(node: &Node, alpha_first: bool) {
+    let (alpha, beta, l1) = applied_pair(node);
     let (first, second) = if alpha_first { (&alpha, &beta) } else { (&beta, &alpha) };
 
     let result = node.add(first);
@@ -56,9 +62,7 @@ fn comes_up_when_the_second_end_is_added_first(node: &Node) {
 #[test]
 fn the_add_result_has_the_spec_shape() {
     let node = Node::new();
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let l1 = unique("lk");
-    node.apply(&pair_topology(&l1, &alpha, &beta));
+    let (alpha, _beta, _l1) = applied_pair(&node);
     let result = node.add(&alpha);
     let interfaces = result["interfaces"].as_array().unwrap();
     assert_eq!(interfaces.len(), 2, "{result}");
@@ -77,9 +81,7 @@ fn the_add_result_has_the_spec_shape() {
 #[test]
 fn only_the_program_forwards() {
     let node = Node::new();
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let l1 = unique("lk");
-    node.apply(&pair_topology(&l1, &alpha, &beta));
+    let (alpha, beta, l1) = applied_pair(&node);
     node.add(&alpha);
     node.add(&beta);
     assert!(alpha.ping("10.77.0.2"));
@@ -143,9 +145,7 @@ fn a_custom_mtu_holds_end_to_end() {
 #[test]
 fn tcx_attachment_works_too() {
     let node = Node::with_attach("tcx");
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let l1 = unique("lk");
-    node.apply(&pair_topology(&l1, &alpha, &beta));
+    let (alpha, beta, _l1) = applied_pair(&node);
     node.add(&alpha);
     node.add(&beta);
     assert!(alpha.ping("10.77.0.2"));
