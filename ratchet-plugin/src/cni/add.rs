@@ -20,15 +20,14 @@ use crate::{
     node,
     pairing::{self, Entry, Fabric},
     store::{
-        self, Store, Transaction,
+        AnyStore, Store, Transaction,
         records::{self, EndRecord, EndRef, SandboxRecord},
     },
     topology::{Link, PodRef, Side},
 };
 
 /// True when the topology gives `pod` at least one link.
-pub async fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniError> {
-    let mut store = store::open(&config.settings).await?;
+pub async fn pod_has_links(config: &Config, store: &mut AnyStore, pod: &PodRef) -> Result<bool, CniError> {
     let mut tx = store.begin().await?;
     if let Some(topology) = &config.settings.topology {
         records::ensure_topology(&mut tx, topology).await?;
@@ -40,13 +39,17 @@ pub async fn pod_has_links(config: &Config, pod: &PodRef) -> Result<bool, CniErr
 
 /// Attaches every link end of the pod. `owns_cni_ifname`: ratchet is the
 /// pod's only plugin for this attachment, so `CNI_IFNAME` must be free too.
-pub async fn add(config: &Config, env: &CniEnv, owns_cni_ifname: bool) -> Result<CNIResult, CniError> {
+pub async fn add(
+    config: &Config,
+    store: &mut AnyStore,
+    env: &CniEnv,
+    owns_cni_ifname: bool,
+) -> Result<CNIResult, CniError> {
     let settings = &config.settings;
     let pod = env.pod()?;
     let netns_error =
         |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
     let netns = File::open(&env.netns).map_err(netns_error)?;
-    let mut store = store::open(settings).await?;
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
     let host = Netlink::host()?;
     let in_pod = Netlink::in_netns(&env.netns)?;

@@ -18,12 +18,18 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::{Config, add, check, del, encode_result, env::CniEnv, error::CniError, gc, status};
-use crate::{delegate::Delegate, store::records::EndRecord};
+use crate::{
+    delegate::Delegate,
+    store::{self, records::EndRecord},
+};
 
 pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     warn_unused_seed_keys(config);
     let pod = env.pod()?;
-    if !add::pod_has_links(config, &pod).await? {
+    // One store connection for the whole ADD (with etcd, a connection is
+    // most of what a lookup costs).
+    let mut store = store::open(&config.settings).await?;
+    if !add::pod_has_links(config, &mut store, &pod).await? {
         if let Some(delegate) = delegate(config, "delegate")? {
             return delegate.add(env);
         }
@@ -40,7 +46,7 @@ pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     // Ratchet alone owns CNI_IFNAME; behind a boot network or a chain, the
     // earlier plugin made it.
     let owns_cni_ifname = base.is_none();
-    let ours = match add::add(config, env, owns_cni_ifname).await {
+    let ours = match add::add(config, &mut store, env, owns_cni_ifname).await {
         Ok(ours) => ours,
         Err(error) => {
             if let Some(boot) = &boot {
@@ -110,8 +116,12 @@ fn delegate(config: &Config, role: &'static str) -> Result<Option<Delegate>, Cni
 /// should hold) links, else the ordinary delegate; both when the pod is
 /// unknown, since DEL and CHECK of a plugin that never saw it are harmless.
 async fn delegates_for(config: &Config, env: &CniEnv, holds_links: bool) -> Result<Vec<Delegate>, CniError> {
+    if config.settings.delegate.is_none() && config.settings.boot_network.is_none() {
+        return Ok(Vec::new());
+    }
     let linked = match env.pod() {
-        Ok(pod) => Some(holds_links || add::pod_has_links(config, &pod).await?),
+        Ok(_) if holds_links => Some(true),
+        Ok(pod) => Some(add::pod_has_links(config, &mut store::open(&config.settings).await?, &pod).await?),
         Err(_) => None,
     };
     let mut chosen = Vec::new();
