@@ -102,6 +102,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Delete host veths DEL released (DEL runs this in a detached child).
+    #[command(name = crate::reap::SUBCOMMAND, hide = true)]
+    Reap {
+        /// IFINDEX:NAME; a veth is deleted only while it still has NAME.
+        #[arg(required = true)]
+        veths: Vec<crate::reap::Doomed>,
+    },
 }
 
 /// Where `install` puts the plugin and its conflist.
@@ -175,6 +182,10 @@ pub fn run() -> anyhow::Result<()> {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
         Command::Unload { force } => runtime.block_on(unload(&settings, force)),
+        Command::Reap { veths } => runtime.block_on(async {
+            let host = crate::netlink::Netlink::host()?;
+            Ok(crate::reap::delete_all(&host, &veths).await?)
+        }),
     }
 }
 

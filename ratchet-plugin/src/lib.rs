@@ -15,6 +15,7 @@ pub mod naming;
 pub mod netlink;
 pub mod node;
 pub mod pairing;
+pub mod reap;
 pub mod store;
 pub mod topology;
 mod trace;

@@ -95,6 +95,12 @@ impl Pod {
         serde_json::from_slice(&self.exec(&["ip", "-j", "link", "show"]).stdout).unwrap_or_default()
     }
 
+    /// True once the pod has no interface of this name (within five
+    /// seconds): a DEL'd link end goes with its host veth, in the background.
+    pub fn link_gone(&self, ifname: &str) -> bool {
+        eventually(|| self.link(ifname).is_none())
+    }
+
     /// An interface inside the pod, if it exists.
     pub fn link(&self, ifname: &str) -> Option<Value> {
         self.links().into_iter().find(|l| l["ifname"] == ifname)
@@ -549,6 +555,24 @@ pub fn container_of(pod: &Pod) -> String {
 /// One link end for a topology.
 pub fn end(pod: &Pod, ifname: &str, ips: &[&str]) -> Value {
     json!({"pod": format!("{}/{}", pod.namespace, pod.name), "ifname": ifname, "ips": ips})
+}
+
+/// Waits up to five seconds for `done`.
+pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// True once the host netns has no interface of this name (within five
+/// seconds): DEL leaves deleting its veths to a detached child.
+pub fn host_link_gone(name: &str) -> bool {
+    eventually(|| !host_has_link(name))
 }
 
 /// True when the host netns has an interface of this name.

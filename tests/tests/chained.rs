@@ -5,8 +5,8 @@
 
 use ratchet_plugin::{naming::host_ifname, topology::Side};
 use ratchet_tests::{
-    Bridge, HostLocal, Node, Pod, VERSIONS, end, has_check, host_has_link, is_legacy, reference_plugin, unique,
-    with_prev_result,
+    Bridge, HostLocal, Node, Pod, VERSIONS, end, has_check, host_has_link, host_link_gone, is_legacy, reference_plugin,
+    unique, with_prev_result,
 };
 use serde_json::{Value, json};
 
@@ -89,8 +89,8 @@ fn chained_after_bridge(version: &str, subnet: u8) {
         let reply = reference_plugin("bridge", "DEL", pod, &bridge_conf(&bridge, &ipam, version));
         assert!(reply.success, "bridge DEL: {}", reply.stdout);
     }
-    assert!(!host_has_link(&host_ifname(&l1, Side::A)) && !host_has_link(&host_ifname(&l1, Side::B)));
-    assert!(alpha.link("in1").is_none() && beta.link("in2").is_none());
+    assert!(host_link_gone(&host_ifname(&l1, Side::A)) && host_link_gone(&host_ifname(&l1, Side::B)));
+    assert!(alpha.link_gone("in1") && beta.link_gone("in2"));
     assert_eq!(node.link_state(&l1), "down");
     assert!(bridge.ports().is_empty() && ipam.allocated(NETWORK).is_empty());
 }

@@ -29,7 +29,7 @@ use k8s_cri::v1::{
     StopPodSandboxRequest, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
 use ratchet_plugin::{naming::host_ifname, topology::Side};
-use ratchet_tests::{Bridge, HostLocal, Node, host_has_link, ratchet_bin, run, unique};
+use ratchet_tests::{Bridge, HostLocal, Node, host_link_gone, ratchet_bin, run, unique};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -637,7 +637,7 @@ fn kubelet_path_through_containerd() {
         for sandbox in [&alpha, &beta, &plain] {
             containerd.stop_and_remove(sandbox);
         }
-        assert!(!host_has_link(&host_ifname(&link, Side::A)) && !host_has_link(&host_ifname(&link, Side::B)));
+        assert!(host_link_gone(&host_ifname(&link, Side::A)) && host_link_gone(&host_ifname(&link, Side::B)));
         assert!(node.map_keys("peers").is_empty(), "no forwarding entry left");
         assert_eq!(node.link_state(&link), "down");
         assert!(delegate.ports().is_empty() && boot.ports().is_empty(), "the bridges' veths are gone");

@@ -1,7 +1,7 @@
 //! DEL removes everything ADD made, and is safe to repeat. The tests named
 //! in `on_each_store!` run once per store backend.
 
-use ratchet_tests::{Node, Pod, container_of, end, host_has_link, host_ifnames, on_each_store, unique};
+use ratchet_tests::{Node, Pod, container_of, end, host_ifnames, host_link_gone, on_each_store, unique};
 use serde_json::json;
 
 on_each_store!(
@@ -11,6 +11,7 @@ on_each_store!(
     del_after_the_netns_is_gone,
     del_of_a_container_never_added,
     a_new_sandbox_replaces_a_stale_one,
+    add_right_after_del_in_the_same_netns,
 );
 
 /// Two pods joined by one link, both added; returns them and the link's name.
@@ -29,8 +30,8 @@ fn del_leaves_nothing_and_the_peer_waits(node: &Node) {
     let hosts = host_ifnames(node, &l1);
     node.del(&alpha);
 
-    assert!(!host_has_link(&hosts[0]), "the host veth is gone");
-    assert!(alpha.link("in1").is_none(), "the pod end is gone");
+    assert!(host_link_gone(&hosts[0]), "the host veth is gone");
+    assert!(alpha.link_gone("in1"), "the pod end is gone");
     assert!(node.peers().is_empty(), "no map entry in either direction");
     let alpha_record = format!("/ratchet/containers/{}", container_of(&alpha));
     assert!(!node.store_keys("/ratchet/containers/").contains(&alpha_record), "alpha's container record is gone");
@@ -44,10 +45,29 @@ fn del_leaves_nothing_and_the_peer_waits(node: &Node) {
     assert!(drops(node) > before, "and counts what it drops");
 
     node.del(&beta);
-    assert!(!host_has_link(&hosts[1]));
+    assert!(host_link_gone(&hosts[1]));
     assert_eq!(node.link_state(&l1), "down");
     let left = [node.store_keys("/ratchet/ends/"), node.store_keys("/ratchet/containers/")].concat();
     assert!(left.is_empty(), "no end or container record is left: {left:?}");
+}
+
+/// DEL leaves deleting the veth to a detached child; an ADD that comes
+/// before it is done finds the released veth (and its pod end, under the
+/// name it wants) and takes its place. Repeated to meet the child mid-way.
+fn add_right_after_del_in_the_same_netns(node: &Node) {
+    let (alpha, beta, l1) = linked_pair(node);
+    for round in 0..5 {
+        node.del(&alpha);
+        node.add(&alpha);
+        assert!(alpha.ping("10.79.0.2"), "round {round}: the link carries traffic again");
+    }
+    // Long enough for any reaper still running to have finished.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let hosts = host_ifnames(node, &l1);
+    assert_eq!(hosts.len(), 2, "one host veth per end");
+    assert!(hosts.iter().all(|host| ratchet_tests::host_has_link(host)), "neither was reaped late: {hosts:?}");
+    node.del(&alpha);
+    node.del(&beta);
 }
 
 fn del_twice_is_fine(node: &Node) {
@@ -61,7 +81,7 @@ fn del_with_an_empty_netns_cleans_up(node: &Node) {
     let host = host_ifnames(node, &l1)[0].clone();
     let reply = node.call("DEL", &container_of(&alpha), "", ("default", "alpha"), &node.config());
     assert!(reply.success, "{}", reply.stdout);
-    assert!(!host_has_link(&host));
+    assert!(host_link_gone(&host));
     assert!(node.peers().is_empty());
 }
 

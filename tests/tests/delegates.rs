@@ -11,7 +11,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use ratchet_plugin::{naming::host_ifname, topology::Side};
 use ratchet_tests::{
-    Bridge, HostLocal, Node, Pod, end, has_check, host_has_link, is_legacy, reference_plugin, unique, with_prev_result,
+    Bridge, HostLocal, Node, Pod, end, has_check, host_has_link, host_link_gone, is_legacy, reference_plugin, unique,
+    with_prev_result,
 };
 use serde_json::{Value, json};
 
@@ -57,8 +58,8 @@ fn assert_ip(ip: &Value, version: &str, index: u64, prefix: &str) {
 
 /// Ratchet's own part is absent: no host end, no pod end, no record.
 fn nothing_of_ratchets(node: &Node, pod: &Pod, link: &str, ifname: &str) {
-    assert!(!host_has_link(&host_ifname(link, Side::A)), "no host end");
-    assert!(pod.link(ifname).is_none(), "no pod end");
+    assert!(host_link_gone(&host_ifname(link, Side::A)), "no host end");
+    assert!(pod.link_gone(ifname), "no pod end");
     assert_eq!(node.link_state(link), "down", "no record");
 }
 
@@ -156,7 +157,7 @@ fn boot_network_serves_linked_pods(version: &str, subnet: u8) {
     assert!(ipam.allocated(NETWORK).is_empty(), "its addresses are released");
     assert!(alpha.link("eth0").is_none() && beta.link("eth0").is_none());
     nothing_of_ratchets(&node, &alpha, &l1, "in1");
-    assert!(!host_has_link(&host_ifname(&l1, Side::B)));
+    assert!(host_link_gone(&host_ifname(&l1, Side::B)));
 }
 
 macro_rules! per_version {

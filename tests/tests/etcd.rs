@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use ratchet_plugin::{naming, topology::Side};
-use ratchet_tests::{Etcd, Node, Pod, container_of, end, host_has_link, run, unique};
+use ratchet_tests::{Etcd, Node, Pod, container_of, end, host_has_link, host_link_gone, run, unique};
 use serde_json::{Value, json};
 
 /// Two pods and one link between them, applied; returns the link's id.
@@ -105,7 +105,7 @@ fn with_etcd_stopped_del_fails_with_11_touches_nothing_and_works_once_it_is_back
 
     etcd.start();
     node.del(&alpha);
-    assert!(!host_has_link(&host) && alpha.link("in1").is_none());
+    assert!(host_link_gone(&host) && alpha.link_gone("in1"));
     assert!(node.peers().is_empty());
     assert_eq!(node.link_state(&link), "waiting");
 }

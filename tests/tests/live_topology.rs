@@ -2,13 +2,9 @@
 //! running pods, removes the ends of a link that left, and applies a changed
 //! MTU or MAC to the live interfaces.
 
-use std::{
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::process::{Child, Command, Stdio};
 
-use ratchet_tests::{Node, Pod, end, ratchet_bin, unique};
+use ratchet_tests::{Node, Pod, end, eventually, ratchet_bin, unique};
 use serde_json::{Value, json};
 
 /// `ratchet agent` for a node, stopped on drop.
@@ -36,18 +32,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Waits up to five seconds for `done`.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 fn link(name: &str, a: Value, b: Value) -> Value {

@@ -3,7 +3,9 @@
 //! VERSION, and STATUS and GC, which only 1.1.0 has.
 
 use ratchet_plugin::{naming::host_ifname, topology::Side};
-use ratchet_tests::{Node, Pod, VERSIONS, end, has_check, host_has_link, is_legacy, unique, with_prev_result};
+use ratchet_tests::{
+    Node, Pod, VERSIONS, end, has_check, host_has_link, host_link_gone, is_legacy, unique, with_prev_result,
+};
 use serde_json::{Value, json};
 
 /// The addresses of the two ends, IPv4 and IPv6 each.
@@ -91,10 +93,10 @@ fn add_check_del(version: &str) {
             .assert_silent_success(&format!("DEL at {version}"));
     }
     assert!(
-        !host_has_link(&host_ifname(&l1, Side::A)) && !host_has_link(&host_ifname(&l1, Side::B)),
+        host_link_gone(&host_ifname(&l1, Side::A)) && host_link_gone(&host_ifname(&l1, Side::B)),
         "both host ends are gone"
     );
-    assert!(alpha.link("in1").is_none() && beta.link("in2").is_none(), "both pod ends are gone");
+    assert!(alpha.link_gone("in1") && beta.link_gone("in2"), "both pod ends are gone");
     assert_eq!(node.link_state(&l1), "down");
     assert!(node.peers().is_empty());
 }

@@ -205,15 +205,17 @@ impl Attach<'_> {
     async fn end(&mut self, tx: &mut impl Transaction, link: &Link, side: Side) -> Result<(), CniError> {
         let end = link.end(side);
         let ifname = end.ifname.as_str();
-        if self.in_pod.link_by_name(ifname).await?.is_some() {
-            return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });
-        }
         let host_ifname = naming::host_ifname(&link.id(), side);
         // No record holds this name (held ends were released above), so an
-        // interface with it is the leftover of an ADD that was killed.
+        // interface with it is the leftover of an ADD that was killed, or a
+        // veth a DEL released and its reaper has not deleted yet (its pod end
+        // may be in this netns under our name: it goes too).
         if let Some(orphan) = self.host.link_by_name(&host_ifname).await? {
             self.dataplane.detach_tcx(&host_ifname)?;
             self.host.delete_link(orphan.index).await?;
+        }
+        if self.in_pod.link_by_name(ifname).await?.is_some() {
+            return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });
         }
         let spec = VethSpec {
             host_ifname: &host_ifname,

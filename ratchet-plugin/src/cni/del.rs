@@ -1,4 +1,5 @@
-//! DEL: unwire the container's link ends, forget them, delete their veths.
+//! DEL: unwire the container's link ends, forget them, delete their veths
+//! (in a detached child, see `reap`).
 //!
 //! Forwarding stops first (both map entries go while the store is locked),
 //! so the peer is waiting again before the interface disappears, and no
@@ -16,6 +17,7 @@ use crate::{
     netlink::Netlink,
     node,
     pairing::{self, Fabric},
+    reap::{self, Doomed},
     store::{
         self, Store, Transaction,
         records::{self, EndRecord},
@@ -62,9 +64,10 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
         records::delete_sandbox(&mut tx, pod).await?;
     }
     tx.commit().await?;
-    for end in &released {
-        teardown(&host, dataplane.as_ref(), end).await?;
-    }
+    // Nothing forwards to or from these veths any more: their deletion, the
+    // slow part, need not hold the runtime up.
+    let doomed: Vec<_> = released.iter().map(|end| unhook(dataplane.as_ref(), end)).collect::<Result<_, _>>()?;
+    reap::defer(&host, doomed.into_iter().flatten().collect()).await?;
     Ok(released.into_iter().map(|end| end.record).collect())
 }
 
@@ -112,16 +115,24 @@ pub async fn release(
     Ok(Some(Released { record, live }))
 }
 
-/// Deletes a released live end's veth (the pod end goes with it) and its
-/// tcx link pin, if it had one. By ifindex: a new ADD may already have made
-/// a veth with the same name.
-pub async fn teardown(host: &Netlink, dataplane: Option<&Dataplane>, end: &Released) -> Result<(), CniError> {
+/// Detaches a released live end's tcx link pin, if it had one, and names
+/// its veth for deletion (the pod end goes with it). Nothing for an end
+/// whose veth is not the one its ADD made.
+fn unhook(dataplane: Option<&Dataplane>, end: &Released) -> Result<Option<Doomed>, CniError> {
     if !end.live {
-        return Ok(());
+        return Ok(None);
     }
     if let Some(dataplane) = dataplane {
         dataplane.detach_tcx(&end.record.host_ifname)?;
     }
-    host.delete_link(end.record.host_ifindex).await?;
+    Ok(Some(Doomed { index: end.record.host_ifindex, name: end.record.host_ifname.clone() }))
+}
+
+/// Tears a released end down now, for callers that may reuse its name at
+/// once (ADD, GC, the agent). By ifindex and name: a new ADD may already have
+/// made a veth with the same name.
+pub async fn teardown(host: &Netlink, dataplane: Option<&Dataplane>, end: &Released) -> Result<(), CniError> {
+    let doomed = unhook(dataplane, end)?;
+    reap::delete_all(host, doomed.as_slice()).await?;
     Ok(())
 }
