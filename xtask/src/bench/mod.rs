@@ -6,6 +6,8 @@
 //! - control.rs: CNI ADD and DEL latency, ratchet vs bridge and ptp.
 //! - datapath.rs: TCP throughput, request/response rate and CPU per
 //!   transaction over a ratchet link, a bare veth pair, bridge and ptp.
+//! - scale.rs: ADD latency as one node fills with links, map memory, the
+//!   agent's memory and fds.
 //! - report.rs: the tables, targets and plots.
 //! - lab.rs: the scratch netns, devices and pins, and their guard.
 
@@ -13,6 +15,7 @@ mod control;
 mod datapath;
 mod lab;
 mod report;
+mod scale;
 
 use std::{
     fs,
@@ -38,6 +41,10 @@ pub struct Plan {
     pub reps: usize,
     /// Length of each iperf3 and sockperf run.
     pub seconds: u32,
+    /// Links the scale run fills one node with, and how many of them the
+    /// first and the last window (compared with each other) hold.
+    pub scale_links: usize,
+    pub scale_window: usize,
 }
 
 pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
@@ -51,9 +58,9 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     let bin = bin.canonicalize().with_context(|| format!("the build left no {}", bin.display()))?;
 
     let plan = if quick {
-        Plan { quick, links: 4, reps: 2, seconds: 1 }
+        Plan { quick, links: 4, reps: 2, seconds: 1, scale_links: 20, scale_window: 5 }
     } else {
-        Plan { quick, links: 150, reps: 5, seconds: 4 }
+        Plan { quick, links: 150, reps: 5, seconds: 4, scale_links: 1000, scale_window: 20 }
     };
     let machine = report::Machine::probe();
     let mut lab = Lab::new(bin)?;
@@ -62,24 +69,33 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     println!("\n==> clean up");
     lab.cleanup();
     lab.verify_clean()?;
-    let (control, datapath) = measured?;
+    let Measured { control, datapath, scale } = measured?;
     let elapsed = started.elapsed();
     let report =
-        report::Report { machine, plan, control, datapath, elapsed_s: elapsed.as_secs_f64(), pinned: lab.cpus };
+        report::Report { machine, plan, control, datapath, scale, elapsed_s: elapsed.as_secs_f64(), pinned: lab.cpus };
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     report.write(out)?;
     println!("\nbench done in {:.1} s; report in {}", elapsed.as_secs_f64(), out.display());
     Ok(())
 }
 
-fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<(control::Control, datapath::Datapath)> {
+struct Measured {
+    control: control::Control,
+    datapath: datapath::Datapath,
+    scale: scale::Scale,
+}
+
+fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Measured> {
     fs::create_dir_all(&lab.state_dir).with_context(|| format!("creating {}", lab.state_dir.display()))?;
     apply_topology(lab, plan)?;
     println!("\n==> control plane: CNI ADD and DEL, ratchet vs bridge vs ptp");
     let control = control::measure(lab, plan)?;
     println!("\n==> datapath: TCP throughput and request/response over each path");
     let datapath = datapath::measure(lab, plan)?;
-    Ok((control, datapath))
+    // Last: its thousands of netns and veths would weigh on the others.
+    println!("\n==> scale: ADD latency as one node fills with {} links", plan.scale_links);
+    let scale = scale::measure(lab, plan)?;
+    Ok(Measured { control, datapath, scale })
 }
 
 /// The ratchet pod names of control-plane link `i` (0 is the warm-up).

@@ -11,7 +11,9 @@ use super::{
     Plan, Plugin,
     control::{Control, Runs},
     datapath::{self, Datapath, PathRuns},
-    percentile, sorted,
+    percentile,
+    scale::Scale,
+    sorted,
 };
 
 pub struct Machine {
@@ -38,8 +40,19 @@ pub struct Report {
     pub plan: Plan,
     pub control: Control,
     pub datapath: Datapath,
+    pub scale: Scale,
     pub elapsed_s: f64,
     pub pinned: Option<(usize, usize)>,
+}
+
+/// One row of the second table: ratchet against one baseline of its own.
+struct Figure {
+    figure: String,
+    value: f64,
+    /// The baseline's name and value, when there is one.
+    baseline: Option<(String, f64)>,
+    /// (target text, pass), compared on value / baseline (or on value alone).
+    target: Option<(&'static str, bool)>,
 }
 
 /// One row of the main table.
@@ -116,19 +129,74 @@ impl Report {
         rows
     }
 
+    /// Scale figures: the last window of links against the first, what
+    /// the maps and the agent hold.
+    fn figures(&self) -> Vec<Figure> {
+        let scale = &self.scale;
+        let (links, window) = (scale.links(), scale.window);
+        let p95 = |samples: &[f64]| percentile(&sorted(samples), 95.0);
+        let (first, last) = (p95(scale.first_window()), p95(scale.last_window()));
+        let agent = &scale.agent;
+        vec![
+            Figure {
+                figure: format!("ADD p95 at links {}-{links} (ms)", links - window + 1),
+                value: last,
+                baseline: Some((format!("links 1-{window}"), first)),
+                target: Some(("<= 1.2x", last / first <= 1.2)),
+            },
+            Figure {
+                figure: format!("ADD p50 at links {}-{links} (ms)", links - window + 1),
+                value: percentile(&sorted(scale.last_window()), 50.0),
+                baseline: Some((format!("links 1-{window}"), percentile(&sorted(scale.first_window()), 50.0))),
+                target: None,
+            },
+            Figure {
+                figure: format!("pinned map memory, all maps (KiB, {} link ends max)", scale.maps.capacity_ends),
+                value: scale.maps.bytes as f64 / 1024.0,
+                baseline: None,
+                target: None,
+            },
+            Figure {
+                figure: "map memory per link at capacity (bytes)".into(),
+                value: scale.maps.bytes_per_link(),
+                baseline: None,
+                target: None,
+            },
+            Figure {
+                figure: format!("agent RSS with {links} links (MiB)"),
+                value: agent.full.rss_kib as f64 / 1024.0,
+                baseline: Some(("empty node".into(), agent.empty.rss_kib as f64 / 1024.0)),
+                target: None,
+            },
+            Figure {
+                figure: format!("agent peak RSS with {links} links (MiB)"),
+                value: agent.full.peak_rss_kib as f64 / 1024.0,
+                baseline: Some(("empty node".into(), agent.empty.peak_rss_kib as f64 / 1024.0)),
+                target: None,
+            },
+            Figure {
+                figure: format!("agent open fds with {links} links"),
+                value: agent.full.fds as f64,
+                baseline: Some(("empty node".into(), agent.empty.fds as f64)),
+                target: None,
+            },
+        ]
+    }
+
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
-        let rows = self.rows();
-        let md = self.markdown(&rows);
+        let (rows, figures) = (self.rows(), self.figures());
+        let md = self.markdown(&rows, &figures);
         fs::write(out.join("report.md"), &md).context("writing report.md")?;
-        fs::write(out.join("report.json"), serde_json::to_string_pretty(&self.json(&rows))?)
+        fs::write(out.join("report.json"), serde_json::to_string_pretty(&self.json(&rows, &figures))?)
             .context("writing report.json")?;
         self.plot_control(&out.join("cni-latency.svg"))?;
         self.plot_datapath(&out.join("datapath.svg"))?;
-        println!("\n{}", table(&rows));
+        self.plot_scale(&out.join("scale.svg"))?;
+        println!("\n{}\n{}", table(&rows), figure_table(&figures));
         Ok(())
     }
 
-    fn markdown(&self, rows: &[Row]) -> String {
+    fn markdown(&self, rows: &[Row], figures: &[Figure]) -> String {
         let m = &self.machine;
         let plan = &self.plan;
         let samples = self.control.runs.first().map_or(0, |run| run.add_ms.len());
@@ -142,8 +210,10 @@ impl Report {
             "# ratchet benchmark{quick}\n\n\
              Machine: Linux {kernel}, {cpus} CPU(s) ({model}). Run took {elapsed:.0} s.\n\n\
              {table}\n\
-             Ratios compare medians (p50); a target is reported, never asserted.\n\n\
-             ![CNI ADD/DEL latency](cni-latency.svg)\n![datapath](datapath.svg)\n\n\
+             {figures}\n\
+             Ratios compare medians (p50) unless the figure says otherwise; a target is reported, never \
+             asserted.\n\n\
+             ![CNI ADD/DEL latency](cni-latency.svg)\n![datapath](datapath.svg)\n![scale](scale.svg)\n\n\
              ## Method\n\n\
              - **Control plane.** Each plugin binary is run as a runtime runs it through libcni: its config \
              (the conflist entry with `name` and `cniVersion`) on stdin, `CNI_COMMAND`, `CNI_CONTAINERID`, \
@@ -163,18 +233,29 @@ impl Report {
              sockperf's (half a round trip). CPU per transaction: busy jiffies of the whole machine \
              (user+nice+system+irq+softirq from /proc/stat) over the sockperf run, divided by its round trips; \
              it includes both ends and anything else the machine did. {reps} runs per path, paths interleaved \
-             in a rotating order; the table shows medians of the runs. {pinning}.\n\n\
+             in a rotating order; the table shows medians of the runs. {pinning}.\n\
+             - **Scale.** A node of its own (store and pin root) filled with {scale_links} links, one pod ADD at \
+             a time as above (fresh netns each, whole process timed), nothing else running; the p95 of the \
+             last {window} links' ADDs is compared with the first {window} links'. Map memory is bpftool's \
+             `bytes_memlock` of every pinned map: they are preallocated hash maps, so it is the same empty or \
+             full, and per link = total / (max link ends / 2); the per-CPU counters grow with the CPU count. \
+             A warm-up link (its first ADD loads and pins the programs) is not counted. The agent (embedded \
+             store: a reconcile every 20 ms over every end) runs for 2 s on the empty node and again on the \
+             full one, never during the ADDs; RSS, peak RSS and fds are read from /proc at the end of each run. \
+             The node is then emptied by deleting the netns.\n\n\
              ## Spread\n\n{spread}\n\
              ## Not measured yet\n\n\
-             ADD latency at scale (links 1..1000, ADD p95 at the 1000th vs the 10th), peer-appears-to-traffic \
-             latency, map memory per link, agent RSS and fds, cross-node (a ratchet VXLAN link vs a kernel \
-             VXLAN device per link), tcx attach mode.\n",
+             peer-appears-to-traffic latency, cross-node (a ratchet VXLAN link vs a kernel VXLAN device per \
+             link), tcx attach mode.\n",
             quick = if plan.quick { " (--quick: few samples, short runs; not for quoting)" } else { "" },
             kernel = m.kernel,
             cpus = m.cpus,
             model = m.cpu_model,
             elapsed = self.elapsed_s,
             table = table(rows),
+            figures = figure_table(figures),
+            scale_links = self.scale.links(),
+            window = self.scale.window,
             links = plan.links,
             secs = plan.seconds,
             omit = if plan.quick { "" } else { " after a 1 s omitted warm-up" },
@@ -214,7 +295,7 @@ impl Report {
         text
     }
 
-    fn json(&self, rows: &[Row]) -> Value {
+    fn json(&self, rows: &[Row], figures: &[Figure]) -> Value {
         json!({
             "machine": { "kernel": self.machine.kernel, "cpus": self.machine.cpus, "cpu_model": self.machine.cpu_model },
             "plan": { "quick": self.plan.quick, "links": self.plan.links, "reps": self.plan.reps, "seconds": self.plan.seconds },
@@ -227,12 +308,18 @@ impl Report {
                 "target": row.target.map(|t| t.2),
                 "pass": row.target.map(|t| t.3),
             })).collect::<Vec<_>>(),
+            "scale_figures": figures.iter().map(|f| json!({
+                "figure": f.figure, "ratchet": finite(f.value),
+                "baseline": f.baseline.as_ref().map(|(name, value)| json!({ "name": name, "value": finite(*value) })),
+                "target": f.target.map(|t| t.0), "pass": f.target.map(|t| t.1),
+            })).collect::<Vec<_>>(),
             "samples": {
                 "cni_ms": self.control.runs.iter().map(|run| (run.plugin.name().to_owned(), json!({ "add": run.add_ms, "del": run.del_ms }))).collect::<serde_json::Map<_, _>>(),
                 "datapath": self.datapath.paths.iter().map(|path| (path.name.to_owned(), json!({
                     "gbps": path.gbps, "rr_per_s": path.rr_per_s, "latency_p50_us": path.lat_p50_us,
                     "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
                 }))).collect::<serde_json::Map<_, _>>(),
+                "scale_add_ms": self.scale.add_ms,
             },
         })
     }
@@ -325,6 +412,68 @@ impl Report {
         root.present().map_err(plot_error)?;
         Ok(())
     }
+}
+
+impl Report {
+    /// Every scale ADD against its link's number, and the p95 of each
+    /// window of links.
+    fn plot_scale(&self, file: &Path) -> anyhow::Result<()> {
+        let scale = &self.scale;
+        let root = SVGBackend::new(file, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let top = scale.add_ms.iter().copied().fold(1.0, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("CNI ADD latency as the node fills (windows of {} links)", scale.window),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..scale.links() as f64 + 1.0, 0.0..top)
+            .map_err(plot_error)?;
+        chart.configure_mesh().x_desc("link number").y_desc("ADD ms (whole process)").draw().map_err(plot_error)?;
+        let link_of = |k: usize| (k / 2 + 1) as f64;
+        let dots = Palette99::pick(0).mix(0.35).filled();
+        chart
+            .draw_series(scale.add_ms.iter().enumerate().map(|(k, &ms)| Circle::new((link_of(k), ms), 2, dots)))
+            .map_err(plot_error)?
+            .label("one ADD")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 3, dots));
+        let windows = (0..scale.links() / scale.window).map(|w| {
+            let first = w * scale.window;
+            ((first + scale.window / 2 + 1) as f64, percentile(&sorted(scale.window_at(first)), 95.0))
+        });
+        let line = Palette99::pick(1).to_rgba();
+        chart
+            .draw_series(LineSeries::new(windows, line.stroke_width(2)))
+            .map_err(plot_error)?
+            .label("p95 of a window")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+        Ok(())
+    }
+}
+
+/// The second table in Markdown.
+fn figure_table(figures: &[Figure]) -> String {
+    let mut text =
+        String::from("| figure | ratchet | baseline | ratio | target | result |\n|---|---|---|---|---|---|\n");
+    for f in figures {
+        let baseline = f.baseline.as_ref().map_or("—".into(), |(name, value)| format!("{value:.2} ({name})"));
+        let ratio = f.baseline.as_ref().map_or("—".into(), |(_, value)| format!("{:.2}", f.value / value));
+        let (target, result) =
+            f.target.map_or(("—", "—"), |(target, pass)| (target, if pass { "PASS" } else { "FAIL" }));
+        text += &format!("| {} | {:.2} | {baseline} | {ratio} | {target} | {result} |\n", f.figure, f.value);
+    }
+    text
 }
 
 /// Picks one figure's samples out of a path's runs.
