@@ -193,4 +193,77 @@ mod tests {
     fn peer(from: u32, to: u32) -> Entry {
         Entry::Peer { from, to: Peer { ifindex: to, ..Peer::default() } }
     }
+
+    /// One verb on one end of the link, as a node sees it.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// ADD: the end attaches with this host ifindex on node n1 or n2.
+        Attach { side: usize, ifindex: u32, remote: bool },
+        /// DEL or GC: the end goes.
+        Detach { side: usize },
+        /// The peer node's address becomes known, or is forgotten (lease).
+        PeerNode { known: bool },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..2usize, 1..6u32, any::<bool>()).prop_map(|(side, ifindex, remote)| Op::Attach {
+                side,
+                ifindex: ifindex * 10 + side as u32,
+                remote
+            }),
+            (0..2usize).prop_map(|side| Op::Detach { side }),
+            any::<bool>().prop_map(|known| Op::PeerNode { known }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever order ADDs, DELs and node changes come in, applying each
+        /// step's rewire to node n1's maps leaves exactly the entries the
+        /// final ends call for, and no entry ever sends frames to an end that
+        /// is gone or replaced.
+        #[test]
+        fn any_interleaving_leaves_the_maps_equal_to_the_ends(ops in proptest::collection::vec(op(), 0..40)) {
+            let mut fabric = Fabric { node: "n1".into(), vxlan_ifindex: Some(99), node_ips: HashMap::new() };
+            fabric.node_ips.insert("n1".into(), Ipv4Addr::new(192, 0, 2, 1));
+            let mut ends: [Option<EndRecord>; 2] = [None, None];
+            let mut maps: Vec<Entry> = Vec::new();
+            for op in ops {
+                let before = forwarding(&ends, &fabric);
+                match op {
+                    Op::Attach { side, ifindex, remote } => ends[side] = end(ifindex, if remote { "n2" } else { "n1" }),
+                    Op::Detach { side } => ends[side] = None,
+                    Op::PeerNode { known: true } => {
+                        fabric.node_ips.insert("n2".into(), Ipv4Addr::new(192, 0, 2, 2));
+                    }
+                    Op::PeerNode { known: false } => {
+                        fabric.node_ips.remove("n2");
+                    }
+                }
+                let (stale, fresh) = rewire(&before, &forwarding(&ends, &fabric));
+                maps.retain(|entry| !stale.iter().any(|gone| gone.same_slot(entry)));
+                for entry in fresh {
+                    maps.retain(|old| !old.same_slot(&entry));
+                    maps.push(entry);
+                }
+                let live: Vec<u32> = ends.iter().flatten().filter(|e| e.node == "n1").map(|e| e.host_ifindex).collect();
+                for entry in &maps {
+                    let (from, to) = match entry {
+                        Entry::Peer { from, to } => (*from, (to.flags & PEER_REMOTE == 0).then_some(to.ifindex)),
+                        Entry::Tunnel { to, .. } => (*to, Some(*to)),
+                    };
+                    proptest::prop_assert!(live.contains(&from), "entry {entry:?} from a dead end; live {live:?}");
+                    if let Some(to) = to {
+                        proptest::prop_assert!(live.contains(&to), "entry {entry:?} to a dead end; live {live:?}");
+                    }
+                }
+            }
+            let mut want = forwarding(&ends, &fabric);
+            let key = |e: &Entry| format!("{e:?}");
+            want.sort_by_key(key);
+            maps.sort_by_key(key);
+            proptest::prop_assert_eq!(maps, want);
+        }
+    }
 }

@@ -347,6 +347,36 @@ impl Topology {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// No text makes the parser panic.
+        #[test]
+        fn any_text_is_a_topology_or_an_error(text in "\\PC{0,300}") {
+            let _ = Topology::from_json(&text);
+        }
+
+        /// A topology that passes validation only has link ids safe in store
+        /// keys and host interface names within the kernel's 15 bytes.
+        #[test]
+        fn an_accepted_topology_is_safe_to_use(
+            name in proptest::option::of("\\PC{0,70}|[a-z0-9._/-]{0,70}"),
+            pods in proptest::collection::vec("\\PC{0,10}|[a-z0-9.-]{0,10}/[a-z0-9./-]{0,10}", 2),
+            ifnames in proptest::collection::vec("\\PC{0,17}|[a-z0-9./]{0,17}", 2),
+        ) {
+            let end = |i: usize| serde_json::json!({ "pod": pods[i], "ifname": ifnames[i], "ips": ["10.9.0.1/24"] });
+            let link = serde_json::json!({ "name": name, "a": end(0), "b": end(1) });
+            let Ok(topology) = Topology::from_json(&serde_json::json!({ "links": [link] }).to_string()) else {
+                return Ok(());
+            };
+            for link in &topology.links {
+                proptest::prop_assert!(!link.id().contains('/'), "{}", link.id());
+                for side in [Side::A, Side::B] {
+                    let host = crate::naming::host_ifname(&link.id(), side);
+                    proptest::prop_assert!(host.len() <= 15 && host.starts_with("rt"), "{host}");
+                }
+            }
+        }
+    }
+
     const PAIR: &str = r#"{"links": [{"name": "l1", "mtu": 9000,
         "a": {"pod": "default/alpha", "ifname": "in1", "ips": ["10.9.0.1/24", "fd00:9::1/64"]},
         "b": {"pod": "default/beta", "ifname": "in2", "ips": ["10.9.0.2/24"], "mac": "02:00:00:00:00:02"}}]}"#;

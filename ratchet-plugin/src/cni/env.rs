@@ -127,6 +127,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the runtime (or someone calling the binary) puts in the
+        /// environment, what gets through is safe in a path, a store key and
+        /// an interface name: no '/', no leading '.', at most 15 bytes for an
+        /// ifname, DNS names for the pod.
+        #[test]
+        fn whatever_gets_through_is_safe_to_use(
+            id in "\\PC{0,12}|[a-z0-9./_-]{0,12}",
+            ifname in "\\PC{0,18}|[a-z0-9./_-]{0,18}",
+            namespace in "\\PC{0,12}|[a-z0-9./-]{0,12}",
+            name in "\\PC{0,12}|[a-z0-9./-]{0,12}",
+            extra in "\\PC{0,20}",
+        ) {
+            let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};{extra}");
+            let vars = [("CNI_CONTAINERID", id.as_str()), ("CNI_IFNAME", ifname.as_str()), ("CNI_NETNS", "/x"), ("CNI_ARGS", &args)];
+            let Ok(env) = CniEnv::for_add(env(&vars)) else { return Ok(()) };
+            proptest::prop_assert!(!env.container_id.contains('/') && !env.container_id.starts_with('.'));
+            proptest::prop_assert!(!env.ifname.contains('/') && env.ifname.len() <= 15 && env.ifname != "." && env.ifname != "..");
+            if let Ok(pod) = env.pod() {
+                for part in [&pod.namespace, &pod.name] {
+                    proptest::prop_assert!(!part.contains('/') && !part.starts_with('.') && !part.is_empty(), "{pod}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn del_accepts_an_empty_netns() {
         let env =

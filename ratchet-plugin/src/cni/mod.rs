@@ -185,3 +185,91 @@ fn print_json(value: &impl Serialize) {
     // A runtime that closed our stdout cannot be told anything else.
     let _ = serde_json::to_writer(&mut stdout, value).map_err(io::Error::from).and_then(|()| stdout.write_all(b"\n"));
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::hash_map("[a-zA-Z_]{0,12}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A config shaped like a runtime's, with each key ratchet reads either
+    /// absent, plausible or any JSON at all.
+    fn config_text() -> impl Strategy<Value = String> {
+        const KEYS: [&str; 16] = [
+            "state_dir",
+            "pin_root",
+            "node_name",
+            "attach",
+            "node_ip",
+            "vxlan_port",
+            "topology",
+            "log_file",
+            "log_level",
+            "delegate",
+            "boot_network",
+            "etcd_endpoints",
+            "etcd_port",
+            "prevResult",
+            "mtu",
+            "runtimeConfig",
+        ];
+        let version = prop_oneof![
+            Just("0.3.0".to_owned()),
+            Just("0.4.0".to_owned()),
+            Just("1.0.0".to_owned()),
+            Just("1.1.0".to_owned()),
+            ".{0,8}"
+        ];
+        let keys = prop::collection::vec((prop::sample::select(&KEYS[..]), json_value()), 0..6);
+        (version, keys).prop_map(|(version, keys)| {
+            let mut config = serde_json::json!({ "cniVersion": version, "name": "n", "type": "ratchet" });
+            for (key, value) in keys {
+                config[key] = value;
+            }
+            config.to_string()
+        })
+    }
+
+    /// What `run` prints for input it cannot use: a CNI error with a code
+    /// and a message, in the version the input asked for (or 1.0.0).
+    fn assert_config_or_cni_error(text: &str) -> Result<(), TestCaseError> {
+        let declared = declared_version(text);
+        if let Err(error) = parse_config(text) {
+            let wire = to_json(&ErrorResult::new(declared, &error.to_wire()));
+            prop_assert!(wire["code"].as_u64().is_some(), "no code in {wire}");
+            prop_assert!(wire["msg"].as_str().is_some_and(|msg| !msg.is_empty()), "no msg in {wire}");
+            prop_assert!(wire["cniVersion"].is_string(), "no cniVersion in {wire}");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_stdin_is_a_config_or_a_cni_error(text in ".{0,300}") {
+            assert_config_or_cni_error(&text)?;
+        }
+
+        #[test]
+        fn any_config_shaped_stdin_is_a_config_or_a_cni_error(text in config_text()) {
+            assert_config_or_cni_error(&text)?;
+        }
+    }
+}
