@@ -339,6 +339,27 @@ impl Node {
         config
     }
 
+    /// Starts a per-container verb for `pod` (as `call_pod`) and SIGKILLs
+    /// the plugin after `after`, as a runtime's timeout or the OOM killer
+    /// would. Returns true if it had finished by then.
+    pub fn call_pod_killed(&self, command: &str, pod: &Pod, after: std::time::Duration) -> bool {
+        let env = kubelet_env(command, pod);
+        let mut child = Command::new(ratchet_bin())
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(self.config().to_string().as_bytes());
+        std::thread::sleep(after);
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        child.wait().unwrap();
+        finished
+    }
+
     /// A per-container verb for `pod`, with kubelet's identity and `eth0`.
     pub fn call_pod(&self, command: &str, pod: &Pod, config: &Value) -> Reply {
         self.call(command, &container_of(pod), &pod.netns_path(), (&pod.namespace, &pod.name), config)

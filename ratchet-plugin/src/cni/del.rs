@@ -1,5 +1,6 @@
 //! DEL: unwire the container's link ends, forget them, delete their veths
-//! (in a detached child, see `reap`).
+//! (in a detached child, see `reap`), and any veth of the pod's link ends
+//! that a killed ADD or DEL left with no record (see `orphans`).
 //!
 //! Forwarding stops first (both map entries go while the store is locked),
 //! so the peer is waiting again before the interface disappears, and no
@@ -11,7 +12,7 @@
 //! and map entries are only removed from the maps they were written to: a
 //! record from before the pins were made afresh has none in the new ones.
 
-use super::{Config, env::CniEnv, error::CniError};
+use super::{Config, env::CniEnv, error::CniError, orphans};
 use crate::{
     dataplane::Dataplane,
     netlink::Netlink,
@@ -22,7 +23,7 @@ use crate::{
         self, Store, Transaction,
         records::{self, EndRecord},
     },
-    topology::Side,
+    topology::{PodRef, Side},
 };
 
 /// An end DEL, GC or a new ADD let go of.
@@ -38,37 +39,60 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
     let refs = records::container_ends(&mut tx, &env.container_id).await?;
+    let pod = env.pod().ok();
     // The pod's sandbox record goes too (it may hold no end, e.g. after its
     // links left the topology while it ran).
-    let sandbox_pod = match env.pod() {
-        Ok(pod) => records::sandbox(&mut tx, &pod)
+    let sandbox_pod = match &pod {
+        Some(pod) => records::sandbox(&mut tx, pod)
             .await?
             .filter(|sandbox| sandbox.container_id == env.container_id)
-            .map(|_| pod),
-        Err(_) => None,
+            .map(|_| pod.clone()),
+        None => None,
     };
-    if refs.is_empty() && sandbox_pod.is_none() {
+    // Where a killed ADD or DEL of this pod may have left a veth.
+    let pod_ends = match &pod {
+        Some(pod) => ends_of(&mut tx, pod).await?,
+        None => Vec::new(),
+    };
+    if refs.is_empty() && sandbox_pod.is_none() && pod_ends.is_empty() {
         return Ok(Vec::new());
     }
     // After a reboot the pins are gone and there is nothing to unwire.
     let mut dataplane = Dataplane::open(&settings.pin_root)?;
     let host = Netlink::host()?;
     let fabric = node::fabric(&mut tx, settings, &host).await?;
+    let held = !refs.is_empty();
     let mut released = Vec::with_capacity(refs.len());
     for end in refs {
         let holder = Some(env.container_id.as_str());
         released.extend(release(&mut tx, &host, dataplane.as_mut(), &fabric, &end.link, end.side, holder).await?);
     }
-    records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
+    let going = released.iter().map(|end| end.record.host_ifindex).collect();
+    let orphans = orphans::find(&mut tx, &host, pod_ends, &going).await?;
+    if let Some(dataplane) = dataplane.as_mut() {
+        orphans::unwire(dataplane, &orphans)?;
+    }
+    if held {
+        records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
+    }
     if let Some(pod) = &sandbox_pod {
         records::delete_sandbox(&mut tx, pod).await?;
     }
     tx.commit().await?;
     // Nothing forwards to or from these veths any more: their deletion, the
     // slow part, need not hold the runtime up.
-    let doomed: Vec<_> = released.iter().map(|end| unhook(dataplane.as_ref(), end)).collect::<Result<_, _>>()?;
-    reap::defer(&host, doomed.into_iter().flatten().collect()).await?;
+    let mut doomed = orphans;
+    for end in &released {
+        doomed.extend(unhook(dataplane.as_ref(), end)?);
+    }
+    reap::defer(&host, doomed).await?;
     Ok(released.into_iter().map(|end| end.record).collect())
+}
+
+/// Every link end the topology gives `pod`, as (link id, side).
+async fn ends_of(tx: &mut impl Transaction, pod: &PodRef) -> Result<Vec<(String, Side)>, CniError> {
+    let links = records::links_of_pod(tx, pod).await?;
+    Ok(links.iter().flat_map(|link| link.sides_of(pod).map(|side| (link.id(), side))).collect())
 }
 
 /// True when the record's host veth is still the one its ADD made: same

@@ -2,19 +2,23 @@
 //!
 //! The runtime lists every attachment still valid (container id and
 //! `CNI_IFNAME`); every ratchet end not on the list is unwired, forgotten and
-//! its veth deleted, and forwarding or counter entries that belong to no
-//! recorded end are removed. GC keeps going past errors and reports them all.
+//! its veth deleted; a veth of any link end that no record holds (left by a
+//! killed verb) is deleted too; and forwarding or counter entries that belong
+//! to no recorded end, or lead to one that is gone, are removed. GC keeps
+//! going past errors and reports them all.
 
 use std::collections::HashSet;
 
-use super::{Config, del, error::CniError};
+use super::{Config, del, error::CniError, orphans};
 use crate::{
     config::Settings,
     dataplane::Dataplane,
     netlink::Netlink,
     node,
     pairing::Entry,
+    reap::{self, Doomed},
     store::{self, AnyStore, Store, Transaction, records},
+    topology::Side,
 };
 
 /// The config key the runtime lists valid attachments under.
@@ -43,7 +47,7 @@ pub async fn gc(config: &Config) -> Vec<String> {
         Ok(host) => host,
         Err(e) => return vec![e.to_string()],
     };
-    let (released, kept) =
+    let Sweep { released, orphans, kept } =
         match release_invalid(&mut store, settings, &host, dataplane.as_mut(), &valid, &mut errors).await {
             Ok(done) => done,
             Err(e) => return vec![e.to_string()],
@@ -53,14 +57,25 @@ pub async fn gc(config: &Config) -> Vec<String> {
             errors.push(e.to_string());
         }
     }
+    if let Err(e) = reap::delete_all(&host, &orphans).await {
+        errors.push(e.to_string());
+    }
     if let Some(dataplane) = &mut dataplane {
         remove_unrecorded_entries(dataplane, &kept, &mut errors);
     }
     errors
 }
 
-/// Releases every end not in `valid`; returns the released records and the
-/// host ifindexes of the ends that stay.
+/// What GC lets go of, and what stays.
+struct Sweep {
+    released: Vec<del::Released>,
+    /// Veths no record holds, already unwired.
+    orphans: Vec<Doomed>,
+    /// The host ifindexes of the ends that stay.
+    kept: HashSet<u32>,
+}
+
+/// Releases every end not in `valid` and unwires every orphan veth.
 async fn release_invalid(
     store: &mut AnyStore,
     settings: &Settings,
@@ -68,7 +83,7 @@ async fn release_invalid(
     mut dataplane: Option<&mut Dataplane>,
     valid: &HashSet<(&str, &str)>,
     errors: &mut Vec<String>,
-) -> Result<(Vec<del::Released>, HashSet<u32>), CniError> {
+) -> Result<Sweep, CniError> {
     let mut tx = store.begin().await?;
     let fabric = node::fabric(&mut tx, settings, host).await?;
     let mut released = Vec::new();
@@ -85,23 +100,34 @@ async fn release_invalid(
             Err(e) => errors.push(format!("link {link} end {}: {e}", side.as_str())),
         }
     }
+    let going = released.iter().map(|end: &del::Released| end.record.host_ifindex).collect();
+    let topology = records::topology(&mut tx).await?;
+    let ends = topology.links.iter().flat_map(|link| [(link.id(), Side::A), (link.id(), Side::B)]);
+    let orphans = orphans::find(&mut tx, host, ends, &going).await?;
+    if let Some(dataplane) = dataplane {
+        orphans::unwire(dataplane, &orphans)?;
+    }
     tx.commit().await?;
-    Ok((released, kept))
+    Ok(Sweep { released, orphans, kept })
 }
 
-/// Map entries whose host veth no record holds are left over from a killed
-/// verb or a lost DEL: nothing may forward from or count for them.
+/// Map entries from or to a host veth no record holds are left over from a
+/// killed verb or a lost DEL: nothing may forward from, to or count for them.
 fn remove_unrecorded_entries(dataplane: &mut Dataplane, kept: &HashSet<u32>, errors: &mut Vec<String>) {
     let listed = dataplane.entries().and_then(|entries| Ok((entries, dataplane.tracked()?)));
     let (entries, tracked) = match listed {
         Ok(listed) => listed,
         Err(e) => return errors.push(e.to_string()),
     };
-    let owned = |entry: &Entry| match *entry {
-        Entry::Peer { from, .. } => kept.contains(&from),
-        Entry::Tunnel { to, .. } => kept.contains(&to),
-    };
-    for entry in entries.iter().filter(|entry| !owned(entry)) {
+    let unrecorded: HashSet<u32> = entries
+        .iter()
+        .flat_map(|entry| match *entry {
+            Entry::Peer { from, to } => vec![from, to.ifindex],
+            Entry::Tunnel { to, .. } => vec![to],
+        })
+        .filter(|ifindex| !kept.contains(ifindex))
+        .collect();
+    for entry in entries.iter().filter(|entry| orphans::touches(entry, &unrecorded)) {
         if let Err(e) = dataplane.remove(entry) {
             errors.push(e.to_string());
         }

@@ -15,6 +15,7 @@ pub mod error;
 mod gc;
 mod log;
 mod modes;
+mod orphans;
 mod status;
 
 use std::{
