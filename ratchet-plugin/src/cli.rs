@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR, Settings},
-    dataplane::Dataplane,
+    dataplane::{Counters, Dataplane},
     pairing,
     store::{self, Store, Transaction, records},
     topology::{Side, Topology},
@@ -144,6 +144,11 @@ pub fn run() -> anyhow::Result<()> {
         etcd_password: cli.etcd_password,
         ..Settings::default()
     };
+    // What install writes is for kubelet and the runtime to read: it sets
+    // its own modes; everything else ratchet makes is root-only.
+    if !matches!(cli.command, Command::Install { .. } | Command::Uninstall { .. }) {
+        crate::keep_files_private();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
@@ -247,7 +252,7 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let mut store = store::open(settings).await?;
     let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
-    let dataplane = Dataplane::open(&settings.pin_root)?;
+    let counters = Counters::open(&settings.pin_root)?;
     let by_link = records::links_with_ends(&mut tx).await?;
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     drop(tx);
@@ -257,8 +262,8 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
-            let stats = match &dataplane {
-                Some(dataplane) => dataplane.stats(end.host_ifindex)?.unwrap_or_default(),
+            let stats = match &counters {
+                Some(counters) => counters.get(end.host_ifindex)?.unwrap_or_default(),
                 None => Default::default(),
             };
             end_views.push(EndView {

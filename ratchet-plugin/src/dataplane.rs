@@ -268,11 +268,7 @@ impl Dataplane {
 
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
     pub fn stats(&self, ifindex: u32) -> Result<Option<EndStats>, DataplaneError> {
-        match self.stats.get(&ifindex, 0) {
-            Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(EndStats::default(), |sum, cpu| sum + *cpu))),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_STATS}[{ifindex}]"), source }),
-        }
+        sum_stats(&self.stats, ifindex)
     }
 
     /// The loaded program's kernel id (for aya-log's reader).
@@ -327,6 +323,69 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
+    }
+}
+
+/// The per-end counters, opened read-only: all `ratchet links` needs, and
+/// all an operator's view should be able to touch (the kernel refuses any
+/// write through a read-only map fd).
+pub struct Counters {
+    stats: PerCpuHashMap<MapData, u32, EndStats>,
+}
+
+impl Counters {
+    /// `None` when nothing is loaded on this node.
+    pub fn open(root: &Path) -> Result<Option<Self>, DataplaneError> {
+        let path = root.join(PIN_STATS);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let map_error = |source| DataplaneError::Map { what: format!("open {} read-only", path.display()), source };
+        let fd = obj_get_read_only(&path)
+            .map_err(|source| DataplaneError::PinRoot { path: path.display().to_string(), source })?;
+        let map = Map::from_map_data(MapData::from_fd(fd).map_err(map_error)?).map_err(map_error)?;
+        Ok(Some(Self { stats: PerCpuHashMap::try_from(map).map_err(map_error)? }))
+    }
+
+    /// A host veth's counters, summed over CPUs; `None` when not tracked.
+    pub fn get(&self, ifindex: u32) -> Result<Option<EndStats>, DataplaneError> {
+        sum_stats(&self.stats, ifindex)
+    }
+}
+
+/// `BPF_OBJ_GET` with `BPF_F_RDONLY`: aya 0.14 opens pins read-write only.
+fn obj_get_read_only(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+
+    /// The `BPF_OBJ_*` member of `union bpf_attr` (linux/bpf.h).
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_F_RDONLY: u32 = 1 << 3;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: BPF_F_RDONLY, path_fd: 0 };
+    // SAFETY: attr is a valid BPF_OBJ_GET attribute whose path outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjGetAttr>()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn sum_stats<T: std::borrow::Borrow<MapData>>(
+    stats: &PerCpuHashMap<T, u32, EndStats>,
+    ifindex: u32,
+) -> Result<Option<EndStats>, DataplaneError> {
+    match stats.get(&ifindex, 0) {
+        Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(EndStats::default(), |sum, cpu| sum + *cpu))),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_STATS}[{ifindex}]"), source }),
     }
 }
 

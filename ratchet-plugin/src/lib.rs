@@ -19,3 +19,10 @@ pub mod reap;
 pub mod store;
 pub mod topology;
 mod trace;
+
+/// Everything ratchet creates for itself (store and journal, lock files,
+/// logs, pin directories) names every pod's netns and interfaces: make it
+/// root-only whatever umask the runtime started us with.
+pub fn keep_files_private() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}

@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     match std::env::var("CNI_COMMAND") {
-        Ok(command) => ratchet_plugin::cni::run(&command),
+        Ok(command) => {
+            ratchet_plugin::keep_files_private();
+            ratchet_plugin::cni::run(&command)
+        }
         Err(_) => match ratchet_plugin::cli::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 18] = [
+const APT_PACKAGES: [&str; 19] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -30,6 +30,8 @@ const APT_PACKAGES: [&str; 18] = [
     "iperf3",
     // `cargo xtask bench`: request/response (ping-pong) over TCP.
     "sockperf",
+    // tests/tests/security.rs: a witness of how the CLI opens the maps.
+    "strace",
     "containernetworking-plugins",
     // etcd-client's build runs protoc, which needs the well-known protos too.
     "protobuf-compiler",

@@ -43,8 +43,10 @@ impl CniEnv {
         };
         let container_id = required("CNI_CONTAINERID")?;
         if !is_valid_container_id(&container_id) {
+            let shown: String = container_id.chars().take(64).collect();
             let reason = format!(
-                "{container_id:?} must start with a letter or digit, then only letters, digits, '_', '.' or '-'"
+                "{shown:?} must start with a letter or digit, then only letters, digits, '_', '.' or '-', \
+                 at most {MAX_CONTAINER_ID} bytes"
             );
             return Err(CniError::Env { var: "CNI_CONTAINERID", reason });
         }
@@ -72,9 +74,15 @@ impl CniEnv {
     }
 }
 
-/// The spec's rule for container ids (they end up in store keys, so it matters).
+/// Far above any runtime's (containerd's are 64 hex digits), low enough to
+/// keep store keys small.
+const MAX_CONTAINER_ID: usize = 1024;
+
+/// The spec's rule for container ids (they end up in store keys, so it
+/// matters), and a length cap of ours.
 fn is_valid_container_id(id: &str) -> bool {
-    id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    id.len() <= MAX_CONTAINER_ID
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
