@@ -27,7 +27,8 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use ratchet_common::{
-    EndStats, Local, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_TUNNELS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer, Switches,
+    EndStats, Local, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_TUNNELS, MAX_ENDS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer,
+    Switches,
 };
 
 use crate::{config::AttachMode, pairing::Entry};
@@ -62,6 +63,8 @@ pub enum DataplaneError {
     Link { what: String, source: LinkError },
     #[error("{what}: {source}")]
     Map { what: String, source: MapError },
+    #[error("{what}: the {map} map is full ({MAX_ENDS} link ends per node); remove links or ends first")]
+    Full { what: String, map: &'static str },
     #[error("attaching to {ifname}: {source}")]
     Attach { ifname: String, source: TcError },
 }
@@ -201,11 +204,13 @@ impl Dataplane {
 
     /// Writes one forwarding entry.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
-        let written = match *entry {
-            Entry::Peer { from, to } => self.peers.insert(from, to, 0),
-            Entry::Tunnel { vni, to } => self.tunnels.insert(vni, Local { ifindex: to }, 0),
+        let (map, written) = match *entry {
+            Entry::Peer { from, to } => (MAP_PEERS, self.peers.insert(from, to, 0)),
+            Entry::Tunnel { vni, to } => (MAP_TUNNELS, self.tunnels.insert(vni, Local { ifindex: to }, 0)),
         };
-        written.map_err(|source| DataplaneError::Map { what: format!("write {entry:?}"), source })
+        written.map_err(|source| {
+            full_or(map, source, |source| DataplaneError::Map { what: format!("write {entry:?}"), source })
+        })
     }
 
     /// Removes whatever occupies an entry's slot. Missing is fine.
@@ -257,7 +262,7 @@ impl Dataplane {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_error(MapError::from(e)))?;
         let zeros =
             PerCpuValues::try_from(vec![EndStats::default(); cpus]).map_err(|e| map_error(MapError::from(e)))?;
-        self.stats.insert(ifindex, zeros, 0).map_err(map_error)
+        self.stats.insert(ifindex, zeros, 0).map_err(|source| full_or(MAP_STATS, source, map_error))
     }
 
     /// Stops counting for a host veth. Missing is fine.
@@ -323,6 +328,19 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
+    }
+}
+
+/// A full hash map refuses a new key with E2BIG: say so plainly, as the
+/// operator has something to do about it.
+fn full_or(map: &'static str, source: MapError, other: impl FnOnce(MapError) -> DataplaneError) -> DataplaneError {
+    match &source {
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. })
+            if io_error.raw_os_error() == Some(libc::E2BIG) =>
+        {
+            DataplaneError::Full { what: format!("{}", other(source)), map }
+        }
+        _ => other(source),
     }
 }
 

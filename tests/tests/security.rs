@@ -164,3 +164,51 @@ fn a_topology_with_hostile_names_is_refused() {
     }
     assert!(node.store_keys("/ratchet/topology/").iter().all(|key| !key.contains("..")), "nothing hostile was stored");
 }
+
+/// Map sizes are fixed (`MAX_ENDS` link ends per node): when the counters
+/// map is full, an ADD fails with a clear dataplane error and undoes itself,
+/// and works again once there is room.
+#[test]
+fn a_full_map_fails_the_add_clearly_and_leaves_nothing() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let link = unique("full");
+    node.apply(&json!({"links": [{"name": link,
+        "a": end(&alpha, "in1", &["10.93.4.1/24"]), "b": end(&beta, "in1", &["10.93.4.2/24"])}]}));
+    node.add(&beta);
+    let stats = node.pin_root.join("stats");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ratchet_tests::run("bpftool", &["-j", "map", "show", "pinned", stats.to_str().unwrap()]))
+            .unwrap();
+    let max = usize::try_from(shown["max_entries"].as_u64().unwrap()).unwrap();
+    let room = max - node.map_keys("stats").len();
+    // Keys far above any real ifindex; a zero value on every CPU.
+    let fake = |verb: &str, i: usize| {
+        let key = (0x0010_0000 + i as u32).to_le_bytes().map(|b| format!("0x{b:02x}")).join(" ");
+        let value = if verb == "update" { format!(" value {}", ["0x00"; 24].join(" ")) } else { String::new() };
+        format!("map {verb} pinned {} key {key}{value}\n", stats.display())
+    };
+    let batch = |verb: &str| {
+        let file = node.state_dir.path().join(format!("batch-{verb}"));
+        std::fs::write(&file, (0..room).map(|i| fake(verb, i)).collect::<String>()).unwrap();
+        ratchet_tests::run("bpftool", &["batch", "file", file.to_str().unwrap()]);
+    };
+    batch("update");
+    assert_eq!(node.map_keys("stats").len(), max, "the counters map is full");
+
+    let reply = node.call_pod("ADD", &alpha, &node.config());
+    assert!(!reply.success, "ADD with a full map succeeded");
+    assert_eq!(reply.code(), Some(103), "a dataplane error: {}", reply.stdout);
+    let text = reply.error_text();
+    assert!(
+        text.contains("full") && text.contains(&max.to_string()),
+        "the error says the map is full, and its size: {text}"
+    );
+    assert!(alpha.link("in1").is_none(), "no pod end left");
+    assert!(!host_has_link(&ratchet_plugin::naming::host_ifname(&link, ratchet_plugin::topology::Side::A)));
+    assert_eq!(node.link_state(&link), "waiting", "beta still waits");
+
+    batch("delete");
+    node.add(&alpha);
+    assert!(alpha.ping("10.93.4.2"), "with room again the link comes up");
+}
