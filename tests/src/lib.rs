@@ -578,6 +578,45 @@ pub fn end(pod: &Pod, ifname: &str, ips: &[&str]) -> Value {
     json!({"pod": format!("{}/{}", pod.namespace, pod.name), "ifname": ifname, "ips": ips})
 }
 
+/// `ratchet agent` for a node (its config, the kernel's pick of metrics
+/// port so agents can run side by side), killed on drop.
+pub struct Agent(std::process::Child);
+
+impl Agent {
+    pub fn start(node: &Node) -> Self {
+        let mut config = node.config();
+        config["metrics_address"] = json!("127.0.0.1:0");
+        let file = node.state_dir.path().join("agent.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let child = Command::new(ratchet_bin())
+            .args(["agent", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        Self(child)
+    }
+
+    /// A `kB` line of /proc/<pid>/status (VmRSS, VmHWM).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).expect("the agent is running");
+        let line = status.lines().find_map(|line| line.strip_prefix(&format!("{field}:"))).unwrap();
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Its open file descriptors.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.0.id())).expect("the agent is running").count()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits up to five seconds for `done`.
 pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -2,37 +2,8 @@
 //! running pods, removes the ends of a link that left, and applies a changed
 //! MTU or MAC to the live interfaces.
 
-use std::process::{Child, Command, Stdio};
-
-use ratchet_tests::{Node, Pod, end, eventually, ratchet_bin, unique};
+use ratchet_tests::{Agent, Node, Pod, end, eventually, unique};
 use serde_json::{Value, json};
-
-/// `ratchet agent` for a node, stopped on drop.
-struct Agent(Child);
-
-impl Agent {
-    fn start(node: &Node) -> Self {
-        let mut config = node.config();
-        // Tests run side by side: let the kernel pick each agent's port.
-        config["metrics_address"] = json!("127.0.0.1:0");
-        let file = node.state_dir.path().join("agent.json");
-        std::fs::write(&file, config.to_string()).unwrap();
-        let child = Command::new(ratchet_bin())
-            .args(["agent", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent");
-        Self(child)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn link(name: &str, a: Value, b: Value) -> Value {
     json!({"name": name, "a": a, "b": b})
