@@ -212,3 +212,17 @@ fn a_full_map_fails_the_add_clearly_and_leaves_nothing() {
     node.add(&alpha);
     assert!(alpha.ping("10.93.4.2"), "with room again the link comes up");
 }
+
+/// A config is a few KiB; stdin is read up to 1 MiB and no further, with an
+/// error that says so.
+#[test]
+fn an_oversized_stdin_is_refused_with_a_clear_error() {
+    let node = Node::new();
+    let pod = Pod::new("default", "alpha");
+    let mut config = node.config();
+    config["padding"] = json!("x".repeat(2 << 20));
+    let reply = node.call_pod("ADD", &pod, &config);
+    assert!(!reply.success, "a 2 MiB config was accepted");
+    assert!(reply.error_text().contains("larger than 1048576 bytes"), "says why: {}", reply.stdout);
+    assert!(reply.json["code"].as_u64().is_some(), "a CNI error: {}", reply.stdout);
+}
