@@ -14,8 +14,8 @@ use serde_json::Value;
 use super::{DP_IPS, DP_PODS, Lab, Plan, Plugin, plugin_conf, result_ip};
 use crate::util::{self, command};
 
-const IPERF_PORT: &str = "5201";
-const SOCKPERF_PORT: &str = "11111";
+pub(super) const IPERF_PORT: &str = "5201";
+pub(super) const SOCKPERF_PORT: &str = "11111";
 /// sockperf's message size, each way.
 pub const MESSAGE_BYTES: u32 = 64;
 
@@ -39,11 +39,11 @@ pub struct PathRuns {
 }
 
 /// Two pods and the address the server listens on.
-struct Path {
-    name: &'static str,
-    client: String,
-    server: String,
-    server_ip: String,
+pub(super) struct Path {
+    pub(super) name: &'static str,
+    pub(super) client: String,
+    pub(super) server: String,
+    pub(super) server_ip: String,
 }
 
 pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
@@ -100,7 +100,7 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
 /// A run that fails for a passing reason (a server still finishing the
 /// previous test, a lost SYN on a loaded machine) gets two more tries; a
 /// measurement that fails three times in a row is broken.
-fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(super) fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     for attempt in 1.. {
         match run() {
             Ok(value) => return Ok(value),
@@ -158,7 +158,7 @@ fn plugin_path(lab: &mut Lab, plugin: Plugin) -> anyhow::Result<Path> {
     Ok(Path { name: plugin.name(), client, server, server_ip: result_ip(&result)? })
 }
 
-fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
+pub(super) fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
     let mut cmd = lab.exec(&path.client, lab.client_cpu());
     cmd.args(["iperf3", "--client", &path.server_ip, "--port", IPERF_PORT, "--json"]).args([
         "--time",
@@ -177,14 +177,14 @@ fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
     Ok(bps / 1e9)
 }
 
-struct Rr {
-    per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_us: f64,
+pub(super) struct Rr {
+    pub(super) per_s: f64,
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
+    pub(super) cpu_us: f64,
 }
 
-fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result<Rr> {
+pub(super) fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result<Rr> {
     let mut cmd = lab.exec(&path.client, lab.client_cpu());
     cmd.args(["sockperf", "ping-pong", "--tcp", "-i", &path.server_ip, "-p", SOCKPERF_PORT, "--mps=max"]).args([
         "-m",
@@ -255,7 +255,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// Waits until something listens on TCP `port` in `netns`.
-fn wait_listening(lab: &Lab, netns: &str, port: &str) -> anyhow::Result<()> {
+pub(super) fn wait_listening(lab: &Lab, netns: &str, port: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let listening = util::stdout_of(lab.exec(netns, None).args(["ss", "-Hltn", &format!("sport = :{port}")]))?;

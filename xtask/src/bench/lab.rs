@@ -191,7 +191,7 @@ impl Lab {
             println!("  ip link del {}", self.bridge);
             let _ = util::probe(command("ip").args(["link", "del", &self.bridge]));
         }
-        for dir in [&self.pin_root, &self.temp] {
+        for dir in self.pin_dirs().iter().chain([&self.temp]) {
             if dir.exists() {
                 println!("  rm -r {}", dir.display());
                 let _ = fs::remove_dir_all(dir);
@@ -215,7 +215,7 @@ impl Lab {
             .filter(|line| line.contains(&self.prefix) || line.split_whitespace().next() == Some(&self.bridge))
             .map(String::from)
             .collect();
-        for dir in [&self.pin_root, &self.temp] {
+        for dir in self.pin_dirs().iter().chain([&self.temp]) {
             if dir.exists() {
                 left.push(dir.display().to_string());
             }
@@ -224,6 +224,22 @@ impl Lab {
             bail!("the bench left these behind: {}", left.join("; "));
         }
         Ok(())
+    }
+
+    /// Every bpffs entry named `<prefix>` or `<prefix>-…`: the lab's pin
+    /// root, the pin roots of nodes a measurement makes beside it, and the
+    /// `-loading-<pid>` staging directory of a load that was killed.
+    fn pin_dirs(&self) -> Vec<PathBuf> {
+        let bpffs = self.pin_root.parent().unwrap_or(&self.pin_root);
+        let ours =
+            |name: &str| name.strip_prefix(&self.prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+        fs::read_dir(bpffs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| ours(&entry.file_name().to_string_lossy()))
+            .map(|entry| entry.path())
+            .collect()
     }
 
     fn netns_ids(&self) -> Vec<u64> {
