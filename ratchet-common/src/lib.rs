@@ -56,6 +56,9 @@ pub struct Peer {
 pub struct Local {
     /// The end's host veth: decapsulated frames go into the pod behind it.
     pub ifindex: u32,
+    /// The peer's node, the only underlay source accepted for this VNI, in
+    /// host byte order (as `bpf_skb_get_tunnel_key` gives it).
+    pub remote_ipv4: u32,
 }
 
 /// Counters for frames entering one host veth, i.e. one direction of a link.
@@ -99,6 +102,6 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<Peer>() == 16);
-const _: () = assert!(core::mem::size_of::<Local>() == 4);
+const _: () = assert!(core::mem::size_of::<Local>() == 8);
 const _: () = assert!(core::mem::size_of::<EndStats>() == 24);
 const _: () = assert!(core::mem::size_of::<Switches>() == 4);

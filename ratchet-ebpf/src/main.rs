@@ -112,6 +112,11 @@ pub fn ratchet_from_vx(ctx: TcContext) -> i32 {
     let Some(local) = (unsafe { RATCHET_VNIS.get(key.tunnel_id) }).copied() else {
         return TC_ACT_SHOT;
     };
+    // VXLAN is unauthenticated: only the peer's node may send into this link.
+    // SAFETY: the union member the helper filled for an IPv4 tunnel.
+    if unsafe { key.__bindgen_anon_1.remote_ipv4 } != local.remote_ipv4 {
+        return TC_ACT_SHOT;
+    }
     // The VXLAN device's MAC is not the pod's, so a unicast frame was marked
     // for another host; the pod's IP layer would drop it as such.
     // SAFETY: the kernel hands every classifier a valid __sk_buff.

@@ -63,6 +63,11 @@ pub enum DataplaneError {
     Link { what: String, source: LinkError },
     #[error("{what}: {source}")]
     Map { what: String, source: MapError },
+    #[error(
+        "{path} was pinned by another version of ratchet ({source}): once no link end is attached on this node, \
+         `ratchet unload` and retry"
+    )]
+    OtherVersion { path: String, source: MapError },
     #[error("{what}: the {map} map is full ({MAX_ENDS} link ends per node); remove links or ends first")]
     Full { what: String, map: &'static str },
     #[error("attaching to {ifname}: {source}")]
@@ -206,7 +211,9 @@ impl Dataplane {
     pub fn apply(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
         let (map, written) = match *entry {
             Entry::Peer { from, to } => (MAP_PEERS, self.peers.insert(from, to, 0)),
-            Entry::Tunnel { vni, to } => (MAP_TUNNELS, self.tunnels.insert(vni, Local { ifindex: to }, 0)),
+            Entry::Tunnel { vni, to, from_node } => {
+                (MAP_TUNNELS, self.tunnels.insert(vni, Local { ifindex: to, remote_ipv4: from_node }, 0))
+            }
         };
         written.map_err(|source| {
             full_or(map, source, |source| DataplaneError::Map { what: format!("write {entry:?}"), source })
@@ -232,7 +239,7 @@ impl Dataplane {
         }
         for item in self.tunnels.iter() {
             let (vni, local) = item.map_err(|e| read_error(MAP_TUNNELS, e))?;
-            entries.push(Entry::Tunnel { vni, to: local.ifindex });
+            entries.push(Entry::Tunnel { vni, to: local.ifindex, from_node: local.remote_ipv4 });
         }
         Ok(entries)
     }
@@ -414,7 +421,12 @@ where
     let path = root.join(pin);
     let map_error = |source| DataplaneError::Map { what: format!("open {}", path.display()), source };
     let map = Map::from_map_data(MapData::from_pin(&path).map_err(map_error)?).map_err(map_error)?;
-    M::try_from(map).map_err(map_error)
+    M::try_from(map).map_err(|source| match source {
+        MapError::InvalidKeySize { .. } | MapError::InvalidValueSize { .. } => {
+            DataplaneError::OtherVersion { path: path.display().to_string(), source }
+        }
+        other => map_error(other),
+    })
 }
 
 /// Mounts bpffs at its usual place when the pin root sits there and it is

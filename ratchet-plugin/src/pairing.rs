@@ -66,8 +66,9 @@ impl Fabric {
 pub enum Entry {
     /// `RATCHET_PEERS[from] = to`: frames entering host veth `from`.
     Peer { from: u32, to: Peer },
-    /// `RATCHET_VNIS[vni] = to`: frames arriving through the tunnel.
-    Tunnel { vni: u32, to: u32 },
+    /// `RATCHET_VNIS[vni] = to`: frames arriving through the tunnel, from
+    /// the peer's node (`from_node`, its underlay IPv4 in host order) only.
+    Tunnel { vni: u32, to: u32, from_node: u32 },
 }
 
 impl Entry {
@@ -105,7 +106,8 @@ fn remote(mine: &EndRecord, theirs: &EndRecord, fabric: &Fabric) -> Vec<Entry> {
         return Vec::new();
     };
     let to = Peer { ifindex: vxlan, vni, remote_ipv4: u32::from(*ip), flags: PEER_REMOTE };
-    vec![Entry::Peer { from: mine.host_ifindex, to }, Entry::Tunnel { vni, to: mine.host_ifindex }]
+    let from_node = u32::from(*ip);
+    vec![Entry::Peer { from: mine.host_ifindex, to }, Entry::Tunnel { vni, to: mine.host_ifindex, from_node }]
 }
 
 /// The map changes that take `before` to `after`: entries whose slot is no
@@ -184,7 +186,10 @@ mod tests {
         assert!(forwarding(&ends, &fabric).is_empty(), "the peer's node address is not known yet");
         fabric.node_ips.insert("n2".into(), Ipv4Addr::new(192, 0, 2, 2));
         let to = Peer { ifindex: 99, vni: 7, remote_ipv4: 0xc000_0202, flags: PEER_REMOTE };
-        assert_eq!(forwarding(&ends, &fabric), vec![Entry::Peer { from: 10, to }, Entry::Tunnel { vni: 7, to: 10 }]);
+        assert_eq!(
+            forwarding(&ends, &fabric),
+            vec![Entry::Peer { from: 10, to }, Entry::Tunnel { vni: 7, to: 10, from_node: 0xc000_0202 }]
+        );
         fabric.node = "n3".into();
         assert!(forwarding(&ends, &fabric).is_empty(), "neither end is here");
         assert_eq!(state(&[None, None]), LinkState::Down);

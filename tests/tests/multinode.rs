@@ -476,3 +476,41 @@ fn the_second_node_may_attach_first() {
     assert!(rig.cni(0, "ADD", &alpha).success);
     assert!(eventually_pings(&beta, "10.77.0.1", 5), "then alpha on node 0: the link works");
 }
+
+/// VXLAN is unauthenticated: node 1 takes a link's VNI only from the peer's
+/// node. An intruder on a second underlay sends beta ARP requests inside
+/// VXLAN with the link's VNI: from its own address they never reach beta;
+/// spoofing node 0's address (the control) they do, so the source check is
+/// what stopped them.
+#[test]
+fn only_the_peers_node_may_send_into_a_link() {
+    let mut rig = Rig::new();
+    let (alpha, beta, _) = cross_node_pair(&rig);
+    rig.start_agent(0);
+    rig.start_agent(1);
+    assert!(rig.cni(0, "ADD", &alpha).success && rig.cni(1, "ADD", &beta).success);
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "the link is up");
+    let pin = rig.nodes[1].pin_root.join("vnis");
+    let vnis: Vec<Value> =
+        serde_json::from_str(&run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()])).unwrap();
+    let vni = vnis[0]["formatted"]["key"].as_u64().unwrap().to_string();
+
+    let intruder = Pod::new("nodes", "intruder");
+    let node1 = &rig.nodes[1].netns.netns;
+    run("ip", &["-n", node1, "link", "add", "ulx", "type", "veth", "peer", "name", "ulx", "netns", &intruder.netns]);
+    run("ip", &["-n", node1, "addr", "add", "10.203.9.1/24", "dev", "ulx"]);
+    run("ip", &["-n", node1, "link", "set", "ulx", "up"]);
+    run("ip", &["-n", &intruder.netns, "addr", "add", "10.203.9.2/24", "dev", "ulx"]);
+    run("ip", &["-n", &intruder.netns, "addr", "add", &format!("{}/32", underlay_ip(0)), "dev", "ulx"]);
+    run("ip", &["-n", &intruder.netns, "link", "set", "ulx", "up"]);
+    let beta_knows_intruder = || !beta.exec(&["ip", "neigh", "show", "10.77.0.9"]).stdout.is_empty();
+    for (source, reaches) in [("10.203.9.2".to_owned(), false), (underlay_ip(0), true)] {
+        let vxlan = ["link", "add", "vxi", "type", "vxlan", "id", &vni, "local", &source, "remote", "10.203.9.1"];
+        run("ip", &[&["-n", &intruder.netns][..], &vxlan, &["dstport", "4789"]].concat());
+        run("ip", &["-n", &intruder.netns, "addr", "add", "10.77.0.9/24", "dev", "vxi"]);
+        run("ip", &["-n", &intruder.netns, "link", "set", "vxi", "up"]);
+        let _ = intruder.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"]);
+        assert_eq!(beta_knows_intruder(), reaches, "ARP from underlay source {source} reached beta: {reaches}");
+        run("ip", &["-n", &intruder.netns, "link", "del", "vxi"]);
+    }
+}
