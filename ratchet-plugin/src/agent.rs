@@ -237,10 +237,12 @@ impl<'a> Agent<'a> {
                 round.removed += 1;
             }
         }
+        failpoint!("agent::entries-removed");
         for entry in wanted.iter().filter(|entry| !actual.contains(entry)) {
             dataplane.apply(entry)?;
             round.written += 1;
         }
+        failpoint!("agent::before-commit");
         tx.commit().await?;
         self.synced_rev = Some(rev);
         for end in &unlinked {

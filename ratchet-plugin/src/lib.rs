@@ -4,6 +4,16 @@
 //! One binary: the CNI plugin when a runtime sets `CNI_COMMAND` ([`cni`]), an
 //! operator's CLI otherwise ([`cli`]).
 
+/// A named step where a test can make the verb fail: `FAILPOINTS=<name>=return`
+/// returns an error from the enclosing function right there. Compiled in
+/// only with the `failpoints` feature, which `cargo xtask test` builds.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(crate::cni::error::CniError::Io(format!("failpoint {} fired", $name)).into()));
+    };
+}
+
 pub mod agent;
 pub mod cli;
 pub mod cni;

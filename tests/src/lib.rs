@@ -579,22 +579,35 @@ pub fn end(pod: &Pod, ifname: &str, ips: &[&str]) -> Value {
 }
 
 /// `ratchet agent` for a node (its config, the kernel's pick of metrics
-/// port so agents can run side by side), killed on drop.
-pub struct Agent(std::process::Child);
+/// port so agents can run side by side), its log in the state dir, killed
+/// on drop.
+pub struct Agent(std::process::Child, PathBuf);
 
 impl Agent {
     pub fn start(node: &Node) -> Self {
+        Self::start_with_env(node, &[])
+    }
+
+    /// The same, with these variables added to its environment.
+    pub fn start_with_env(node: &Node, env: &[(&str, &str)]) -> Self {
         let mut config = node.config();
         config["metrics_address"] = json!("127.0.0.1:0");
         let file = node.state_dir.path().join("agent.json");
         std::fs::write(&file, config.to_string()).unwrap();
+        let log = node.state_dir.path().join("agent.log");
         let child = Command::new(ratchet_bin())
             .args(["agent", "--config", file.to_str().unwrap()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start the agent");
-        Self(child)
+        Self(child, log)
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
     }
 
     /// A `kB` line of /proc/<pid>/status (VmRSS, VmHWM).

@@ -25,15 +25,21 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     let started = Instant::now();
     setup::run()?;
 
-    println!("==> build the plugin");
-    util::run(util::cargo().args(["build", "-p", "ratchet-plugin"]))?;
-    let bin = util::target_dir().join("debug").join("ratchet");
-    let bin = bin.canonicalize().with_context(|| format!("the build left no {}", bin.display()))?;
+    // The tests run this binary: with failpoints (inert unless a test sets
+    // FAILPOINTS), copied aside so that cargo test's own builds of the plugin
+    // (without the feature) do not replace it.
+    println!("==> build the plugin (with failpoints)");
+    util::run(util::cargo().args(["build", "-p", "ratchet-plugin", "--features", "failpoints"]))?;
+    let built = util::target_dir().join("debug").join("ratchet");
+    let bin = util::target_dir().join("test-bin").join("ratchet");
+    std::fs::create_dir_all(bin.parent().expect("a dir")).context("creating target/test-bin")?;
+    std::fs::copy(&built, &bin).with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
+    let bin = bin.canonicalize()?;
 
     build_ebpf::run()?;
 
     println!("==> clippy (warnings are errors)");
-    util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    util::run(util::cargo().args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
 
     println!("==> tests (RATCHET_BIN={})", bin.display());
     let tally = run_tests(util::cargo().arg("test").args(args).env("RATCHET_BIN", &bin))?;

@@ -86,7 +86,10 @@ pub async fn add(
         made: Made::default(),
         result: CNIResult::default(),
     };
-    let attached = attach.all(&mut tx, &links, &pod).await;
+    let attached = attach.all(&mut tx, &links, &pod).await.and_then(|()| {
+        failpoint!("add::before-commit");
+        Ok(())
+    });
     let committed = match attached {
         Ok(()) => tx.commit().await.map_err(CniError::from),
         Err(error) => Err(error),
@@ -226,17 +229,20 @@ impl Attach<'_> {
         };
         let veth = self.host.create_veth(&spec).await?;
         self.made.veths.push((veth.index, host_ifname.clone()));
+        failpoint!("add::veth-made");
         // Attach before the pod end is up, so the pod's first frame already
         // meets the program.
         self.dataplane.attach(&host_ifname, self.settings.attach)?;
         self.dataplane.track(veth.index)?;
         self.made.tracked.push(veth.index);
+        failpoint!("add::attached");
         let pod_end = self.in_pod.link_by_name(ifname).await?.ok_or_else(|| CniError::IfNameTaken {
             ifname: format!("{ifname} (vanished right after it was made)"),
             netns: self.env.netns.clone(),
         })?;
         self.in_pod.add_addresses(pod_end.index, ifname, &end.ips).await?;
         self.in_pod.set_up(pod_end.index, ifname).await?;
+        failpoint!("add::addressed");
 
         let record = EndRecord {
             container_id: self.env.container_id.clone(),
@@ -263,6 +269,7 @@ impl Attach<'_> {
             self.made.entries.push(entry);
         }
         records::put_end(tx, &link.id(), side, &record).await?;
+        failpoint!("add::wired");
 
         self.result.interfaces.push(interface(host_ifname, veth.mac, None));
         self.result.interfaces.push(interface(ifname.into(), pod_end.mac, Some(self.env.netns.clone())));

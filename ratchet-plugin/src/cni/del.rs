@@ -75,10 +75,12 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     if held {
         records::put_container_ends(&mut tx, &env.container_id, &[]).await?;
     }
+    failpoint!("del::released");
     if let Some(pod) = &sandbox_pod {
         records::delete_sandbox(&mut tx, pod).await?;
     }
     tx.commit().await?;
+    failpoint!("del::committed");
     // Nothing forwards to or from these veths any more: their deletion, the
     // slow part, need not hold the runtime up.
     let mut doomed = orphans;
