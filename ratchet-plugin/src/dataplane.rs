@@ -366,8 +366,9 @@ impl Counters {
             return Ok(None);
         }
         let map_error = |source| DataplaneError::Map { what: format!("open {} read-only", path.display()), source };
-        let fd = obj_get_read_only(&path)
-            .map_err(|source| DataplaneError::PinRoot { path: path.display().to_string(), source })?;
+        let fd = obj_get_read_only(&path).map_err(|io_error| {
+            map_error(MapError::SyscallError(aya::sys::SyscallError { call: "BPF_OBJ_GET", io_error }))
+        })?;
         let map = Map::from_map_data(MapData::from_fd(fd).map_err(map_error)?).map_err(map_error)?;
         Ok(Some(Self { stats: PerCpuHashMap::try_from(map).map_err(map_error)? }))
     }
@@ -382,18 +383,20 @@ impl Counters {
 fn obj_get_read_only(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
 
-    /// The `BPF_OBJ_*` member of `union bpf_attr` (linux/bpf.h).
+    /// The `BPF_OBJ_*` member of `union bpf_attr` (linux/bpf.h). The kernel
+    /// refuses non-zero bytes past `path_fd`, so the padding is a field.
     #[repr(C)]
     struct ObjGetAttr {
         pathname: u64,
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        zero: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_F_RDONLY: u32 = 1 << 3;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: BPF_F_RDONLY, path_fd: 0 };
+    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: BPF_F_RDONLY, path_fd: 0, zero: 0 };
     // SAFETY: attr is a valid BPF_OBJ_GET attribute whose path outlives the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjGetAttr>()) };
     if fd < 0 {
