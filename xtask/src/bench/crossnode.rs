@@ -53,7 +53,7 @@ use serde_json::{Value, json};
 
 use super::{
     Lab, Plan,
-    datapath::{self, IPERF_PORT, Path, PathRuns, SOCKPERF_PORT},
+    datapath::{self, Path, PathRuns},
 };
 use crate::util::{self, command};
 
@@ -375,48 +375,11 @@ fn wait_etcd_healthy(lab: &Lab, netns: &str, endpoint: &str) -> anyhow::Result<(
     }
 }
 
-/// Both datapaths between node 0 and node 1, servers on node 1, the paths
-/// interleaved within each repetition as in datapath.rs.
+/// Both datapaths between node 0 and node 1, servers on node 1, measured
+/// as datapath.rs measures the same-node paths.
 fn measure_paths(lab: &mut Lab, plan: &Plan, rig: &Rig) -> anyhow::Result<Vec<PathRuns>> {
     let paths = [ratchet_path(lab, rig)?, kernel_vxlan_path(lab, rig)?];
-    for path in &paths {
-        start_servers(lab, path)?;
-    }
-    for path in &paths {
-        datapath::wait_listening(lab, &path.server, IPERF_PORT)?;
-        datapath::wait_listening(lab, &path.server, SOCKPERF_PORT)?;
-        wait_reachable(lab, path)?;
-    }
-    let clk_tck: f64 = util::stdout_of(command("getconf").arg("CLK_TCK"))?.trim().parse().context("CLK_TCK")?;
-    let mut runs: Vec<PathRuns> = paths
-        .iter()
-        .map(|path| PathRuns {
-            name: path.name,
-            gbps: Vec::new(),
-            rr_per_s: Vec::new(),
-            lat_p50_us: Vec::new(),
-            lat_p99_us: Vec::new(),
-            cpu_us_per_tx: Vec::new(),
-        })
-        .collect();
-    for rep in 0..plan.reps {
-        for i in 0..paths.len() {
-            let p = (rep + i) % paths.len();
-            let (path, run) = (&paths[p], &mut runs[p]);
-            let gbps = datapath::retry(|| datapath::iperf(lab, plan, path))?;
-            let rr = datapath::retry(|| datapath::sockperf(lab, plan, path, clk_tck))?;
-            println!(
-                "  rep {rep} {:14} {gbps:6.2} Gbit/s | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU/RR",
-                path.name, rr.per_s, rr.p50_us, rr.cpu_us
-            );
-            run.gbps.push(gbps);
-            run.rr_per_s.push(rr.per_s);
-            run.lat_p50_us.push(rr.p50_us);
-            run.lat_p99_us.push(rr.p99_us);
-            run.cpu_us_per_tx.push(rr.cpu_us);
-        }
-    }
-    Ok(runs)
+    datapath::measure_interleaved(lab, plan, &paths)
 }
 
 /// A ratchet link across the nodes: A ADDed on node 0, B on node 1.
@@ -445,32 +408,6 @@ fn kernel_vxlan_path(lab: &mut Lab, rig: &Rig) -> anyhow::Result<Path> {
     let [client, server] = pods;
     let server_ip = KERNEL_VXLAN_IPS[1].split('/').next().unwrap_or_default().to_owned();
     Ok(Path { name: "vxlan-per-link", client, server, server_ip })
-}
-
-fn start_servers(lab: &mut Lab, path: &Path) -> anyhow::Result<()> {
-    let mut iperf = lab.exec(&path.server, lab.server_cpu());
-    iperf.args(["iperf3", "--server", "--bind", &path.server_ip, "--port", IPERF_PORT]);
-    lab.spawn_server(iperf)?;
-    let mut sockperf = lab.exec(&path.server, lab.server_cpu());
-    sockperf.args(["sockperf", "server", "--tcp", "-i", &path.server_ip, "-p", SOCKPERF_PORT]);
-    lab.spawn_server(sockperf)
-}
-
-/// Pings until answered: a ratchet link carries traffic once node 0's agent
-/// has wired A's side, shortly after B's ADD. Neighbours are resolved and
-/// the path proven before anything is timed.
-fn wait_reachable(lab: &Lab, path: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + TRAFFIC_TIMEOUT;
-    loop {
-        let ping = util::probe(lab.exec(&path.client, None).args(["ping", "-c", "1", "-W", "1", &path.server_ip]))?;
-        if ping.status.success() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{}: no ping from {} to {} in {TRAFFIC_TIMEOUT:?}", path.name, path.client, path.server_ip);
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `samples` peer-appears-to-traffic samples over `link`: A attached and

@@ -14,8 +14,8 @@ use serde_json::Value;
 use super::{DP_IPS, DP_PODS, Lab, Plan, Plugin, plugin_conf, result_ip};
 use crate::util::{self, command};
 
-pub(super) const IPERF_PORT: &str = "5201";
-pub(super) const SOCKPERF_PORT: &str = "11111";
+const IPERF_PORT: &str = "5201";
+const SOCKPERF_PORT: &str = "11111";
 /// sockperf's message size, each way.
 pub const MESSAGE_BYTES: u32 = 64;
 
@@ -48,7 +48,14 @@ pub(super) struct Path {
 
 pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
     let paths = [ratchet(lab)?, direct(lab)?, plugin_path(lab, Plugin::Bridge)?, plugin_path(lab, Plugin::Ptp)?];
-    for path in &paths {
+    Ok(Datapath { paths: measure_interleaved(lab, plan, &paths)? })
+}
+
+/// Starts an iperf3 and a sockperf server behind each path, proves each
+/// path, then measures them `plan.reps` times, interleaved in a rotating
+/// order within each repetition.
+pub(super) fn measure_interleaved(lab: &mut Lab, plan: &Plan, paths: &[Path]) -> anyhow::Result<Vec<PathRuns>> {
+    for path in paths {
         let mut iperf = lab.exec(&path.server, lab.server_cpu());
         iperf.args(["iperf3", "--server", "--bind", &path.server_ip, "--port", IPERF_PORT]);
         lab.spawn_server(iperf)?;
@@ -56,14 +63,10 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
         sockperf.args(["sockperf", "server", "--tcp", "-i", &path.server_ip, "-p", SOCKPERF_PORT]);
         lab.spawn_server(sockperf)?;
     }
-    for path in &paths {
+    for path in paths {
         wait_listening(lab, &path.server, IPERF_PORT)?;
         wait_listening(lab, &path.server, SOCKPERF_PORT)?;
-        // Neighbours resolved and the path proven before anything is timed.
-        let ping = util::probe(lab.exec(&path.client, None).args(["ping", "-c", "1", "-W", "2", &path.server_ip]))?;
-        if !ping.status.success() {
-            bail!("{}: no ping from {} to {}", path.name, path.client, path.server_ip);
-        }
+        wait_reachable(lab, path)?;
     }
     let clk_tck: f64 = util::stdout_of(command("getconf").arg("CLK_TCK"))?.trim().parse().context("CLK_TCK")?;
     let mut runs: Vec<PathRuns> = paths
@@ -84,7 +87,7 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
             let gbps = retry(|| iperf(lab, plan, path))?;
             let rr = retry(|| sockperf(lab, plan, path, clk_tck))?;
             println!(
-                "  rep {rep} {:8} {gbps:6.2} Gbit/s | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU/RR",
+                "  rep {rep} {:14} {gbps:6.2} Gbit/s | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU/RR",
                 path.name, rr.per_s, rr.p50_us, rr.cpu_us
             );
             run.gbps.push(gbps);
@@ -94,13 +97,30 @@ pub fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Datapath> {
             run.cpu_us_per_tx.push(rr.cpu_us);
         }
     }
-    Ok(Datapath { paths: runs })
+    Ok(runs)
+}
+
+/// Pings until answered (a cross-node link carries traffic once the other
+/// node's agent has wired it), so neighbours are resolved and the path is
+/// proven before anything is timed.
+fn wait_reachable(lab: &Lab, path: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ping = util::probe(lab.exec(&path.client, None).args(["ping", "-c", "1", "-W", "1", &path.server_ip]))?;
+        if ping.status.success() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{}: no ping from {} to {} in 5 s", path.name, path.client, path.server_ip);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A run that fails for a passing reason (a server still finishing the
 /// previous test, a lost SYN on a loaded machine) gets two more tries; a
 /// measurement that fails three times in a row is broken.
-pub(super) fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     for attempt in 1.. {
         match run() {
             Ok(value) => return Ok(value),
@@ -158,7 +178,7 @@ fn plugin_path(lab: &mut Lab, plugin: Plugin) -> anyhow::Result<Path> {
     Ok(Path { name: plugin.name(), client, server, server_ip: result_ip(&result)? })
 }
 
-pub(super) fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
+fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
     let mut cmd = lab.exec(&path.client, lab.client_cpu());
     cmd.args(["iperf3", "--client", &path.server_ip, "--port", IPERF_PORT, "--json"]).args([
         "--time",
@@ -177,14 +197,14 @@ pub(super) fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> 
     Ok(bps / 1e9)
 }
 
-pub(super) struct Rr {
-    pub(super) per_s: f64,
-    pub(super) p50_us: f64,
-    pub(super) p99_us: f64,
-    pub(super) cpu_us: f64,
+struct Rr {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us: f64,
 }
 
-pub(super) fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result<Rr> {
+fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result<Rr> {
     let mut cmd = lab.exec(&path.client, lab.client_cpu());
     cmd.args(["sockperf", "ping-pong", "--tcp", "-i", &path.server_ip, "-p", SOCKPERF_PORT, "--mps=max"]).args([
         "-m",
@@ -255,7 +275,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// Waits until something listens on TCP `port` in `netns`.
-pub(super) fn wait_listening(lab: &Lab, netns: &str, port: &str) -> anyhow::Result<()> {
+fn wait_listening(lab: &Lab, netns: &str, port: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let listening = util::stdout_of(lab.exec(netns, None).args(["ss", "-Hltn", &format!("sport = :{port}")]))?;

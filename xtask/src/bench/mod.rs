@@ -6,12 +6,15 @@
 //! - control.rs: CNI ADD and DEL latency, ratchet vs bridge and ptp.
 //! - datapath.rs: TCP throughput, request/response rate and CPU per
 //!   transaction over a ratchet link, a bare veth pair, bridge and ptp.
+//! - crossnode.rs: two nodes (netns, etcd, agents): a ratchet link vs a
+//!   kernel VXLAN device per link, and peer-appears-to-traffic latency.
 //! - scale.rs: ADD latency as one node fills with links, map memory, the
 //!   agent's memory and fds.
 //! - report.rs: the tables, targets and plots.
 //! - lab.rs: the scratch netns, devices and pins, and their guard.
 
 mod control;
+mod crossnode;
 mod datapath;
 mod lab;
 mod report;
@@ -69,10 +72,18 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     println!("\n==> clean up");
     lab.cleanup();
     lab.verify_clean()?;
-    let Measured { control, datapath, scale } = measured?;
+    let Measured { control, datapath, crossnode, scale } = measured?;
     let elapsed = started.elapsed();
-    let report =
-        report::Report { machine, plan, control, datapath, scale, elapsed_s: elapsed.as_secs_f64(), pinned: lab.cpus };
+    let report = report::Report {
+        machine,
+        plan,
+        control,
+        datapath,
+        crossnode,
+        scale,
+        elapsed_s: elapsed.as_secs_f64(),
+        pinned: lab.cpus,
+    };
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     report.write(out)?;
     println!("\nbench done in {:.1} s; report in {}", elapsed.as_secs_f64(), out.display());
@@ -82,6 +93,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
 struct Measured {
     control: control::Control,
     datapath: datapath::Datapath,
+    crossnode: crossnode::CrossNode,
     scale: scale::Scale,
 }
 
@@ -92,10 +104,12 @@ fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Measured> {
     let control = control::measure(lab, plan)?;
     println!("\n==> datapath: TCP throughput and request/response over each path");
     let datapath = datapath::measure(lab, plan)?;
+    println!("\n==> cross-node: a ratchet link vs a kernel VXLAN device per link; peer-appears-to-traffic");
+    let crossnode = crossnode::measure(lab, plan)?;
     // Last: its thousands of netns and veths would weigh on the others.
     println!("\n==> scale: ADD latency as one node fills with {} links", plan.scale_links);
     let scale = scale::measure(lab, plan)?;
-    Ok(Measured { control, datapath, scale })
+    Ok(Measured { control, datapath, crossnode, scale })
 }
 
 /// The ratchet pod names of control-plane link `i` (0 is the warm-up).

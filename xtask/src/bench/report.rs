@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     Plan, Plugin,
     control::{Control, Runs},
+    crossnode::CrossNode,
     datapath::{self, Datapath, PathRuns},
     percentile,
     scale::Scale,
@@ -40,6 +41,7 @@ pub struct Report {
     pub plan: Plan,
     pub control: Control,
     pub datapath: Datapath,
+    pub crossnode: CrossNode,
     pub scale: Scale,
     pub elapsed_s: f64,
     pub pinned: Option<(usize, usize)>,
@@ -129,9 +131,55 @@ impl Report {
         rows
     }
 
-    /// Scale figures: the last window of links against the first, what
-    /// the maps and the agent hold.
+    /// Cross-node figures (ratchet against a kernel VXLAN device per link,
+    /// and how soon a peer's traffic flows) and scale figures (the last
+    /// window of links against the first, what the maps and the agent hold).
     fn figures(&self) -> Vec<Figure> {
+        let mut figures = self.crossnode_figures();
+        figures.extend(self.scale_figures());
+        figures
+    }
+
+    fn crossnode_figures(&self) -> Vec<Figure> {
+        let x = &self.crossnode;
+        let median = |name: &str, select: PathFigure| {
+            let path = x.paths.iter().find(|path| path.name == name).expect("both cross-node paths were measured");
+            percentile(&sorted(select(path)), 50.0)
+        };
+        let versus = |figure: &str, select: PathFigure| Figure {
+            figure: format!("cross-node {figure}, median"),
+            value: median("ratchet", select),
+            baseline: Some(("kernel VXLAN per link".into(), median("vxlan-per-link", select))),
+            target: None,
+        };
+        let peer = |figure: String, samples: &[f64], target: bool| {
+            let p95 = percentile(&sorted(samples), 95.0);
+            Figure { figure, value: p95, baseline: None, target: target.then_some(("<= 50 ms", p95 <= 50.0)) }
+        };
+        vec![
+            versus("TCP throughput (Gbit/s)", |p| &p.gbps),
+            versus(&format!("TCP request/response, {} B (per s)", datapath::MESSAGE_BYTES), |p| &p.rr_per_s),
+            versus("RR latency p50 (µs, half RTT)", |p| &p.lat_p50_us),
+            versus("CPU per transaction (µs)", |p| &p.cpu_us_per_tx),
+            peer(
+                "peer-appears-to-traffic, cross-node, p95 (ms from the peer's ADD returning)".into(),
+                &x.peer_to_traffic_ms,
+                true,
+            ),
+            peer(
+                "the same, from the peer's ADD starting, p95 (ms)".into(),
+                &x.peer_to_traffic_from_add_start_ms,
+                false,
+            ),
+            peer(
+                "peer-appears-to-traffic, same node, p95 (ms from the peer's ADD returning)".into(),
+                &x.same_node_peer_to_traffic_ms,
+                true,
+            ),
+        ]
+    }
+
+    fn scale_figures(&self) -> Vec<Figure> {
         let scale = &self.scale;
         let (links, window) = (scale.links(), scale.window);
         let p95 = |samples: &[f64]| percentile(&sorted(samples), 95.0);
@@ -234,6 +282,21 @@ impl Report {
              (user+nice+system+irq+softirq from /proc/stat) over the sockperf run, divided by its round trips; \
              it includes both ends and anything else the machine did. {reps} runs per path, paths interleaved \
              in a rotating order; the table shows medians of the runs. {pinning}.\n\
+             - **Cross-node.** Two \"nodes\" on this machine as tests/tests/multinode.rs builds them: each a \
+             netns with its own host veths, pin root, state dir and `ratchet agent`, joined by an underlay veth \
+             (10.209.0.1/.2), a single-member etcd inside node 0 as the store; plugin and agents run inside \
+             their node (`nsenter --net`). One pod on each node, joined two ways: a ratchet link (the program \
+             redirects into the node's one collect-metadata VXLAN device, UDP 4789, MTU 1450) and the older \
+             approach of ratchet-cni's Go prototype, one kernel VXLAN device per link made in the node (its \
+             VNI, the other node as remote, UDP 4790 since ratchet's device holds 4789) and moved into the pod, \
+             MTU 1450. Both measured as the same-node paths (servers on node 1); the agents and etcd run \
+             meanwhile, so CPU per transaction includes their background load. Peer-appears-to-traffic: pod A \
+             is attached and sends an 8-byte UDP datagram to B's link address every 1 ms (fixed MACs and a \
+             permanent neighbour entry, so no ARP timer is in it); a socket in B's netns is bound before B's \
+             ADD; the figure is from B's ADD returning to A's first datagram arriving in B (negative: it came \
+             before the ADD returned; resolution about 1 ms), also from the ADD starting. B is DELeted between \
+             samples, {peer_samples} samples per case. Cross-node: B on node 1, A's side wired by node 0's agent \
+             from its etcd watch. Same node: both on node 0 (etcd store), B's ADD wires both sides itself.\n\
              - **Scale.** A node of its own (store and pin root) filled with {scale_links} links, one pod ADD at \
              a time as above (fresh netns each, whole process timed), nothing else running; the p95 of the \
              last {window} links' ADDs is compared with the first {window} links'. Map memory is bpftool's \
@@ -244,9 +307,8 @@ impl Report {
              full one, never during the ADDs; RSS, peak RSS and fds are read from /proc at the end of each run. \
              The node is then emptied by deleting the netns.\n\n\
              ## Spread\n\n{spread}\n\
-             ## Not measured yet\n\n\
-             peer-appears-to-traffic latency, cross-node (a ratchet VXLAN link vs a kernel VXLAN device per \
-             link), tcx attach mode.\n",
+             ## Not measured\n\n\
+             The tcx attach mode (ebpf-lifecycle.md measured its ADD at about 6x clsact's).\n",
             quick = if plan.quick { " (--quick: few samples, short runs; not for quoting)" } else { "" },
             kernel = m.kernel,
             cpus = m.cpus,
@@ -255,6 +317,7 @@ impl Report {
             table = table(rows),
             figures = figure_table(figures),
             scale_links = self.scale.links(),
+            peer_samples = self.crossnode.peer_to_traffic_ms.len(),
             window = self.scale.window,
             links = plan.links,
             secs = plan.seconds,
@@ -320,6 +383,16 @@ impl Report {
                     "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
                 }))).collect::<serde_json::Map<_, _>>(),
                 "scale_add_ms": self.scale.add_ms,
+                "crossnode": self.crossnode.paths.iter().map(|path| (path.name.to_owned(), json!({
+                    "gbps": path.gbps, "rr_per_s": path.rr_per_s, "latency_p50_us": path.lat_p50_us,
+                    "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
+                }))).collect::<serde_json::Map<_, _>>(),
+                "peer_to_traffic_ms": {
+                    "cross_node_from_add_return": self.crossnode.peer_to_traffic_ms,
+                    "cross_node_from_add_start": self.crossnode.peer_to_traffic_from_add_start_ms,
+                    "same_node_from_add_return": self.crossnode.same_node_peer_to_traffic_ms,
+                    "same_node_from_add_start": self.crossnode.same_node_peer_to_traffic_from_add_start_ms,
+                },
             },
         })
     }
