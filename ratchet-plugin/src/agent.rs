@@ -18,7 +18,7 @@ use crate::{
     cni::{add, del, error::CniError},
     config::Settings,
     dataplane::Dataplane,
-    netlink::Netlink,
+    netlink::{self, Netlink},
     node,
     pairing::{self, Entry},
     store::{self, AnyStore, Store, Transaction, records},
@@ -210,13 +210,12 @@ impl<'a> Agent<'a> {
         if self.synced_rev != Some(rev) {
             unlinked = sync_running_pods(settings, &self.host, &mut tx, &mut dataplane, &fabric).await?;
         }
-        let interfaces = self.host.links().await?;
         let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> = HashMap::new();
         let mut dead = Vec::new();
         for (link, side, end) in records::all_ends(&mut tx).await? {
             // An end of this node whose veth is gone: its pod went without a
             // DEL. It is forgotten, and nothing is wired to it.
-            if end.node == fabric.node && interfaces.get(&end.host_ifname) != Some(&end.host_ifindex) {
+            if end.node == fabric.node && netlink::ifindex_of(&end.host_ifname)? != Some(end.host_ifindex) {
                 dead.push((link, side));
             } else {
                 by_link.entry(link).or_default()[side.index()] = Some(end);
