@@ -540,11 +540,11 @@ fn figure_table(figures: &[Figure]) -> String {
     let mut text =
         String::from("| figure | ratchet | baseline | ratio | target | result |\n|---|---|---|---|---|---|\n");
     for f in figures {
-        let baseline = f.baseline.as_ref().map_or("—".into(), |(name, value)| format!("{value:.2} ({name})"));
+        let baseline = f.baseline.as_ref().map_or("—".into(), |(name, value)| format!("{} ({name})", number(*value)));
         let ratio = f.baseline.as_ref().map_or("—".into(), |(_, value)| format!("{:.2}", f.value / value));
         let (target, result) =
             f.target.map_or(("—", "—"), |(target, pass)| (target, if pass { "PASS" } else { "FAIL" }));
-        text += &format!("| {} | {:.2} | {baseline} | {ratio} | {target} | {result} |\n", f.figure, f.value);
+        text += &format!("| {} | {} | {baseline} | {ratio} | {target} | {result} |\n", f.figure, number(f.value));
     }
     text
 }
@@ -560,16 +560,17 @@ fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
+/// A figure for a table: whole numbers from 1000 up, two decimals below.
+fn number(value: f64) -> String {
+    if value.abs() >= 1000.0 { format!("{value:.0}") } else { format!("{value:.2}") }
+}
+
 /// The main table in Markdown.
 fn table(rows: &[Row]) -> String {
     let mut text = String::from(
         "| figure | ratchet | veth (no program) | bridge | ptp | ratio | target | result |\n|---|---|---|---|---|---|---|---|\n",
     );
-    let cell = |value: Option<f64>| match value {
-        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.2}"),
-        None => "—".into(),
-    };
+    let cell = |value: Option<f64>| value.map_or("—".into(), number);
     for row in rows {
         let (ratio, target, result) = match row.target {
             Some((ratio, of, target, pass)) => {
