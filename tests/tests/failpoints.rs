@@ -101,3 +101,25 @@ fn the_agent_recovers_from_rounds_failing_at_any_step() {
         assert!(log.contains(&format!("failpoint {step} fired")), "rounds failed at {step} first: {log}");
     }
 }
+
+/// A store another process keeps locked (a stuck writer: the embedded
+/// store's file is busy) makes ADD wait a bounded time, then fail with 11
+/// (try again later) before anything is made; once it is free, ADD works.
+#[test]
+fn an_add_while_the_store_is_held_elsewhere_fails_with_11_and_leaves_nothing() {
+    let node = Node::new();
+    let (alpha, _beta, link) = pair(&node);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut store = runtime.block_on(ratchet_plugin::store::open(&node.settings())).unwrap();
+    let held = runtime.block_on(ratchet_plugin::store::Store::begin(&mut store)).unwrap();
+    let started = std::time::Instant::now();
+    let reply = node.call_pod("ADD", &alpha, &node.config());
+    let took = started.elapsed();
+    drop(held);
+    assert_eq!(reply.code(), Some(11), "a busy store is 'try again later': {}", reply.stdout);
+    assert!(reply.error_text().contains("store.sqlite"), "the error names the store: {}", reply.stdout);
+    assert!(took < Duration::from_secs(30), "the wait is bounded: {took:?}");
+    assert_alpha_absent(&node, &alpha, &link, "store held");
+    node.add(&alpha);
+    assert!(alpha.ping("10.95.0.2"), "once the store is free the ADD works");
+}
