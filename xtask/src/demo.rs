@@ -288,11 +288,16 @@ impl Demo {
             self.cni("DEL", pod, "", &plugin_conf)?;
         }
         util::run(self.ratchet(true).arg("links"))?;
+        // DEL leaves deleting the veths (an RCU wait each) to a detached
+        // child: they go within milliseconds of it returning.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         for host_if in &host_ifs {
-            let gone = !util::probe(command("ip").args(["link", "show", "dev", host_if]))?.status.success();
-            ensure!(gone, "host interface {host_if} is still there after DEL");
+            while util::probe(command("ip").args(["link", "show", "dev", host_if]))?.status.success() {
+                ensure!(std::time::Instant::now() < deadline, "host interface {host_if} is still there 2 s after DEL");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
-        println!("host interfaces {} are gone", host_ifs.join(", "));
+        println!("host interfaces {} are gone (deleted by DEL's detached child)", host_ifs.join(", "));
 
         steps.next("ratchet unload: remove the programs and maps");
         util::run(self.ratchet(true).arg("unload"))?;
