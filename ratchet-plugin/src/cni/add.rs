@@ -11,7 +11,7 @@ use std::fs::File;
 
 use rscni_types::types::{CNIResult, Interface, IpConfig};
 
-use super::{Config, del, env::CniEnv, error::CniError};
+use super::{Config, del, env::CniEnv, error::CniError, orphans};
 use crate::{
     config::Settings,
     dataplane::Dataplane,
@@ -19,6 +19,7 @@ use crate::{
     netlink::{Netlink, VethSpec},
     node,
     pairing::{self, Entry, Fabric},
+    reap::{self, Doomed},
     store::{
         AnyStore, Store, Transaction,
         records::{self, EndRecord, EndRef, SandboxRecord},
@@ -214,8 +215,9 @@ impl Attach<'_> {
         // veth a DEL released and its reaper has not deleted yet (its pod end
         // may be in this netns under our name: it goes too).
         if let Some(orphan) = self.host.link_by_name(&host_ifname).await? {
-            self.dataplane.detach_tcx(&host_ifname)?;
-            self.host.delete_link(orphan.index).await?;
+            let orphan = [Doomed { index: orphan.index, name: host_ifname.clone() }];
+            orphans::unwire(self.dataplane, &orphan)?;
+            reap::delete_all(self.host, &orphan).await?;
         }
         if self.in_pod.link_by_name(ifname).await?.is_some() {
             return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });

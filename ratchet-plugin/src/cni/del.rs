@@ -40,13 +40,8 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     let mut tx = store.begin().await?;
     let refs = records::container_ends(&mut tx, &env.container_id).await?;
     let pod = env.pod().ok();
-    // The pod's sandbox record goes too (it may hold no end, e.g. after its
-    // links left the topology while it ran).
     let sandbox_pod = match &pod {
-        Some(pod) => records::sandbox(&mut tx, pod)
-            .await?
-            .filter(|sandbox| sandbox.container_id == env.container_id)
-            .map(|_| pod.clone()),
+        Some(pod) => sandbox_of(&mut tx, pod, &env.container_id).await?,
         None => None,
     };
     // Where a killed ADD or DEL of this pod may have left a veth.
@@ -89,6 +84,14 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     }
     reap::defer(&host, doomed).await?;
     Ok(released.into_iter().map(|end| end.record).collect())
+}
+
+/// The pod, when this container is its recorded sandbox: that record goes
+/// too (it may hold no end, e.g. after its links left the topology while it
+/// ran).
+async fn sandbox_of(tx: &mut impl Transaction, pod: &PodRef, container_id: &str) -> Result<Option<PodRef>, CniError> {
+    let sandbox = records::sandbox(tx, pod).await?;
+    Ok(sandbox.filter(|sandbox| sandbox.container_id == container_id).map(|_| pod.clone()))
 }
 
 /// Every link end the topology gives `pod`, as (link id, side).
