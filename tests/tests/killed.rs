@@ -81,47 +81,47 @@ fn assert_alpha_comes_up(node: &Node, scene: &Scene) {
     }
 }
 
-#[test]
-fn add_killed_at_random_moments_then_del_leaves_nothing() {
+/// Runs the rounds on a fresh scene: each `round` kills a `verb` at some
+/// moment and cleans up after it as the runtime would, returning whether the
+/// kill came before the verb finished; then only alpha's end may be gone.
+fn kill_rounds(verb: &str, mut round: impl FnMut(&Node, &Scene, u32) -> bool) {
     let node = Node::new();
     let scene = scene(&node);
     let mut killed = 0;
-    for round in 0..rounds() {
-        killed += u32::from(!node.call_pod_killed("ADD", &scene.alpha, delay(round, 40)));
-        node.del(&scene.alpha);
-        assert_only_alpha_gone(&node, &scene, round);
+    for number in 0..rounds() {
+        killed += u32::from(round(&node, &scene, number));
+        assert_only_alpha_gone(&node, &scene, number);
     }
-    assert!(killed > 0, "no ADD was killed before it finished");
+    assert!(killed > 0, "no {verb} was killed before it finished");
     assert_alpha_comes_up(&node, &scene);
+}
+
+#[test]
+fn add_killed_at_random_moments_then_del_leaves_nothing() {
+    kill_rounds("ADD", |node, scene, round| {
+        let killed = !node.call_pod_killed("ADD", &scene.alpha, delay(round, 40));
+        node.del(&scene.alpha);
+        killed
+    });
 }
 
 #[test]
 fn del_killed_at_random_moments_then_del_again_leaves_nothing() {
-    let node = Node::new();
-    let scene = scene(&node);
-    let mut killed = 0;
-    for round in 0..rounds() {
+    kill_rounds("DEL", |node, scene, round| {
         node.add(&scene.alpha);
-        killed += u32::from(!node.call_pod_killed("DEL", &scene.alpha, delay(round, 30)));
+        let killed = !node.call_pod_killed("DEL", &scene.alpha, delay(round, 30));
         node.del(&scene.alpha);
-        assert_only_alpha_gone(&node, &scene, round);
-    }
-    assert!(killed > 0, "no DEL was killed before it finished");
-    assert_alpha_comes_up(&node, &scene);
+        killed
+    });
 }
 
 #[test]
 fn add_killed_at_random_moments_then_gc_leaves_nothing() {
-    let node = Node::new();
-    let scene = scene(&node);
-    let valid: Vec<(String, &str)> =
-        [&scene.beta, &scene.gamma, &scene.delta].map(|pod| (container_of(pod), "eth0")).into();
-    let mut killed = 0;
-    for round in 0..rounds() {
-        killed += u32::from(!node.call_pod_killed("ADD", &scene.alpha, delay(round, 40)));
+    kill_rounds("ADD", |node, scene, round| {
+        let killed = !node.call_pod_killed("ADD", &scene.alpha, delay(round, 40));
+        let valid: Vec<(String, &str)> =
+            [&scene.beta, &scene.gamma, &scene.delta].map(|pod| (container_of(pod), "eth0")).into();
         node.gc(&node.config_for("1.1.0"), &valid).assert_silent_success(&format!("round {round}: GC"));
-        assert_only_alpha_gone(&node, &scene, round);
-    }
-    assert!(killed > 0, "no ADD was killed before it finished");
-    assert_alpha_comes_up(&node, &scene);
+        killed
+    });
 }

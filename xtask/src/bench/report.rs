@@ -426,13 +426,7 @@ impl Report {
                     .label(run.plugin.name())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(plot_error)?;
+            draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         }
         root.present().map_err(plot_error)?;
         Ok(())
@@ -523,13 +517,7 @@ impl Report {
             .map_err(plot_error)?
             .label("p95 of a window")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(plot_error)?;
         Ok(())
     }
@@ -551,6 +539,20 @@ fn figure_table(figures: &[Figure]) -> String {
 
 /// Picks one figure's samples out of a path's runs.
 type PathFigure = fn(&PathRuns) -> &Vec<f64>;
+
+/// The series' labels in a framed box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)
+}
 
 fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plotting: {error}")
