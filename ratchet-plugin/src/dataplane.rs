@@ -8,7 +8,7 @@
 
 use std::{
     fs, io,
-    os::unix::fs::DirBuilderExt,
+    os::{fd::OwnedFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
 };
 
@@ -74,12 +74,15 @@ pub enum DataplaneError {
     Attach { ifname: String, source: TcError },
 }
 
-/// The pinned program and maps of one node.
+/// The pinned program and maps of one node. The programs are opened through
+/// aya only when aya attaches them (tcx, re-attaching, the VXLAN device):
+/// opening one probes the kernel's features, a dozen test loads that a
+/// short-lived verb need not pay.
 pub struct Dataplane {
     root: PathBuf,
     generation: u32,
-    program: SchedClassifier,
-    tunnel_program: SchedClassifier,
+    program: Option<SchedClassifier>,
+    tunnel_program: Option<SchedClassifier>,
     peers: HashMap<MapData, u32, Peer>,
     tunnels: HashMap<MapData, u32, Local>,
     stats: PerCpuHashMap<MapData, u32, EndStats>,
@@ -112,12 +115,6 @@ impl Dataplane {
         if !prog_pin.exists() {
             return Ok(None);
         }
-        let open_program = |pin: &Path| {
-            SchedClassifier::from_pin(pin)
-                .map_err(|source| DataplaneError::Program { what: format!("open {}", pin.display()), source })
-        };
-        let program = open_program(&prog_pin)?;
-        let tunnel_program = open_program(&root.join(PIN_PROG_TUNNEL))?;
         let peers_pin = root.join(PIN_PEERS);
         let generation = aya::maps::MapInfo::from_pin(&peers_pin)
             .map_err(|source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source })?
@@ -125,8 +122,8 @@ impl Dataplane {
         Ok(Some(Self {
             root: root.to_owned(),
             generation,
-            program,
-            tunnel_program,
+            program: None,
+            tunnel_program: None,
             peers: open_map(root, PIN_PEERS)?,
             tunnels: open_map(root, PIN_TUNNELS)?,
             stats: open_map(root, PIN_STATS)?,
@@ -144,13 +141,12 @@ impl Dataplane {
     pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
         let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
         match mode {
-            AttachMode::Clsact => attach_clsact(&mut self.program, ifname)?,
+            AttachMode::Clsact => attach_clsact(self.program()?, ifname)?,
             AttachMode::Tcx => {
                 let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-                let id =
-                    self.program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
-                let link: FdLink = self
-                    .program
+                let program = self.program()?;
+                let id = program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
+                let link: FdLink = program
                     .take_link(id)
                     .map_err(attach_error)?
                     .try_into()
@@ -181,16 +177,26 @@ impl Dataplane {
 
     /// The kernel id of the tunnel program.
     pub fn tunnel_program_id(&self) -> Result<u32, DataplaneError> {
-        let info = self
-            .tunnel_program
-            .info()
-            .map_err(|source| DataplaneError::Program { what: "tunnel program info".into(), source })?;
-        Ok(info.id())
+        pinned_program_id(&self.root.join(PIN_PROG_TUNNEL))
     }
 
     /// Attaches the tunnel program to the node's VXLAN device's ingress.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        attach_clsact(&mut self.tunnel_program, ifname)
+        let pin = self.root.join(PIN_PROG_TUNNEL);
+        attach_clsact(opened(&mut self.tunnel_program, &pin)?, ifname)
+    }
+
+    /// The redirect program, opened through aya on first use.
+    fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        let pin = self.root.join(PIN_PROG);
+        opened(&mut self.program, &pin)
+    }
+
+    /// A new fd of the pinned redirect program, for attaching it with
+    /// ratchet's own netlink socket.
+    pub fn program_fd(&self) -> Result<OwnedFd, DataplaneError> {
+        let pin = self.root.join(PIN_PROG);
+        obj_get(&pin, 0).map_err(|source| DataplaneError::PinRoot { path: pin.display().to_string(), source })
     }
 
     /// Removes a tcx link pin, which detaches it (the clsact filter needs
@@ -285,9 +291,7 @@ impl Dataplane {
 
     /// The loaded program's kernel id (for aya-log's reader).
     pub fn program_id(&self) -> Result<u32, DataplaneError> {
-        let info =
-            self.program.info().map_err(|source| DataplaneError::Program { what: "program info".into(), source })?;
-        Ok(info.id())
+        pinned_program_id(&self.root.join(PIN_PROG))
     }
 
     /// Sets the run-time switches every attached copy of the program reads.
@@ -304,6 +308,23 @@ impl Dataplane {
             other => other.map_err(|source| DataplaneError::PinRoot { path: root.display().to_string(), source }),
         }
     }
+}
+
+/// `slot`'s program, opened from `pin` if it is not yet.
+fn opened<'a>(slot: &'a mut Option<SchedClassifier>, pin: &Path) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    if slot.is_none() {
+        let program = SchedClassifier::from_pin(pin)
+            .map_err(|source| DataplaneError::Program { what: format!("open {}", pin.display()), source })?;
+        *slot = Some(program);
+    }
+    Ok(slot.as_mut().expect("just opened"))
+}
+
+/// A pinned program's kernel id, without opening it as a program.
+fn pinned_program_id(pin: &Path) -> Result<u32, DataplaneError> {
+    let info = aya::programs::ProgramInfo::from_pin(pin)
+        .map_err(|source| DataplaneError::Program { what: format!("info of {}", pin.display()), source })?;
+    Ok(info.id())
 }
 
 /// Attaches a program as a clsact direct-action filter on an interface's
@@ -380,7 +401,13 @@ impl Counters {
 }
 
 /// `BPF_OBJ_GET` with `BPF_F_RDONLY`: aya 0.14 opens pins read-write only.
-fn obj_get_read_only(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+fn obj_get_read_only(path: &Path) -> io::Result<OwnedFd> {
+    const BPF_F_RDONLY: u32 = 1 << 3;
+    obj_get(path, BPF_F_RDONLY)
+}
+
+/// `BPF_OBJ_GET`: a new fd of a pinned object, with these file flags.
+fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
 
     /// The `BPF_OBJ_*` member of `union bpf_attr` (linux/bpf.h). The kernel
@@ -394,16 +421,15 @@ fn obj_get_read_only(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         zero: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_F_RDONLY: u32 = 1 << 3;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: BPF_F_RDONLY, path_fd: 0, zero: 0 };
+    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags, path_fd: 0, zero: 0 };
     // SAFETY: attr is a valid BPF_OBJ_GET attribute whose path outlives the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjGetAttr>()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn sum_stats<T: std::borrow::Borrow<MapData>>(

@@ -8,18 +8,20 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
+    packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage},
     packet_route::{
+        RouteNetlinkMessage,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
         link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-        tc::{TcAttribute, TcFilterBpfOption, TcOption},
+        tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
     },
 };
 
@@ -238,6 +240,61 @@ impl Netlink {
         Ok(ids.collect())
     }
 
+    /// Gives an interface a clsact qdisc, the hook TC programs hang off;
+    /// one already there is fine.
+    pub async fn add_clsact(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = TcMessage::with_index(ifindex(index));
+        msg.header.parent = TcHandle::CLSACT;
+        msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+        msg.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.create(RouteNetlinkMessage::NewQueueDiscipline(msg)).await {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            other => {
+                other.map_err(|source| NetlinkError::Request { what: format!("clsact on ifindex {index}"), source })
+            }
+        }
+    }
+
+    /// Attaches a loaded TC program as a direct-action filter on the
+    /// interface's clsact ingress, as `tc filter add dev X ingress bpf da fd
+    /// N` does. The filter holds the program; it goes with the interface.
+    pub async fn attach_ingress_bpf(
+        &self,
+        index: u32,
+        program: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = TcMessage::with_index(ifindex(index));
+        msg.header.parent = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
+        // Priority 0 (the kernel picks one) and every protocol.
+        msg.header.info = u32::from((libc::ETH_P_ALL as u16).to_be());
+        let fd = u32::try_from(program.as_raw_fd()).expect("an fd is not negative");
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        self.create(RouteNetlinkMessage::NewTrafficFilter(msg))
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("attach {name} to ifindex {index}"), source })
+    }
+
+    /// Sends a create request and waits for its acknowledgement.
+    async fn create(&self, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
+        let mut request = NetlinkMessage::from(msg);
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+        let mut response = self.handle.clone().request(request)?;
+        while let Some(message) = response.next().await {
+            if let rtnetlink::packet_core::NetlinkPayload::Error(error) = message.payload
+                && error.code.is_some()
+            {
+                return Err(rtnetlink::Error::NetlinkError(error));
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an interface by index; one already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
@@ -258,6 +315,10 @@ fn link_info(msg: LinkMessage) -> LinkInfo {
         }
     }
     info
+}
+
+fn ifindex(index: u32) -> i32 {
+    i32::try_from(index).expect("kernel ifindexes fit i32")
 }
 
 /// The positive errno of a kernel NACK.

@@ -7,13 +7,14 @@
 //! waits for the peer. It all happens inside one store transaction, and a
 //! failure undoes what was made, so nothing is left half-built.
 
-use std::fs::File;
+use std::{fs::File, os::fd::AsFd};
 
+use ratchet_common::PROG_TO_PEER;
 use rscni_types::types::{CNIResult, Interface, IpConfig};
 
 use super::{Config, del, env::CniEnv, error::CniError, orphans};
 use crate::{
-    config::Settings,
+    config::{AttachMode, Settings},
     dataplane::Dataplane,
     naming,
     netlink::{Netlink, VethSpec},
@@ -234,7 +235,7 @@ impl Attach<'_> {
         failpoint!("add::veth-made");
         // Attach before the pod end is up, so the pod's first frame already
         // meets the program.
-        self.dataplane.attach(&host_ifname, self.settings.attach)?;
+        self.attach(veth.index, &host_ifname).await?;
         self.dataplane.track(veth.index)?;
         self.made.tracked.push(veth.index);
         failpoint!("add::attached");
@@ -286,6 +287,22 @@ impl Attach<'_> {
 }
 
 impl Attach<'_> {
+    /// The redirect program on a host end's ingress. clsact through this
+    /// process's own netlink socket: aya's attach would open the program
+    /// (probing the kernel's features, a dozen test loads) and two sockets
+    /// of its own. tcx through aya.
+    async fn attach(&mut self, index: u32, host_ifname: &str) -> Result<(), CniError> {
+        match self.settings.attach {
+            AttachMode::Clsact => {
+                let program = self.dataplane.program_fd()?;
+                self.host.add_clsact(index).await?;
+                self.host.attach_ingress_bpf(index, program.as_fd(), PROG_TO_PEER).await?;
+            }
+            AttachMode::Tcx => self.dataplane.attach(host_ifname, AttachMode::Tcx)?,
+        }
+        Ok(())
+    }
+
     /// A peer on this node whose host veth is not the one its ADD made (its
     /// netns went away without a DEL, or the node rebooted) is forgotten
     /// rather than wired to: its ifindex is dead, or names another interface
