@@ -126,16 +126,7 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         let what = || format!("create veth {} <-> {}", spec.host_ifname, spec.pod_ifname);
-        self.handle
-            .link()
-            .add(veth)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Request { what: what(), source })?;
-        let host = self
-            .link_by_name(spec.host_ifname)
-            .await?
-            .ok_or_else(|| NetlinkError::Request { what: what(), source: rtnetlink::Error::RequestFailed })?;
+        let host = self.add_link(veth, spec.host_ifname, what).await?;
         // The kernel refuses the address-generation mode at creation, so it
         // is a second request, made before the link is up.
         let no_link_local = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
@@ -158,16 +149,7 @@ impl Netlink {
         let vxlan =
             rtnetlink::LinkVxlan::new(name, 0).collect_metadata(true).local(local).port(port).learning(false).build();
         let what = || format!("create VXLAN device {name} (local {local}, port {port})");
-        self.handle
-            .link()
-            .add(vxlan)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Request { what: what(), source })?;
-        let made = self
-            .link_by_name(name)
-            .await?
-            .ok_or_else(|| NetlinkError::Request { what: what(), source: rtnetlink::Error::RequestFailed })?;
+        let made = self.add_link(vxlan, name, what).await?;
         self.set_up(made.index, name).await?;
         Ok(made)
     }
@@ -183,6 +165,19 @@ impl Netlink {
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
+    }
+
+    /// Creates an interface and looks it up: the kernel's answer to a
+    /// create carries no ifindex.
+    async fn add_link(
+        &self,
+        msg: LinkMessage,
+        name: &str,
+        what: impl Fn() -> String,
+    ) -> Result<LinkInfo, NetlinkError> {
+        let failed = |source| NetlinkError::Request { what: what(), source };
+        self.handle.link().add(msg).execute().await.map_err(failed)?;
+        self.link_by_name(name).await?.ok_or_else(|| failed(rtnetlink::Error::RequestFailed))
     }
 
     async fn change(&self, msg: LinkMessage, what: impl Fn() -> String) -> Result<(), NetlinkError> {
