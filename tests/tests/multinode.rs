@@ -134,13 +134,21 @@ impl Rig {
         command
     }
 
+    /// The CLI on node `index`, with that node's own state dir, pin root and
+    /// etcd: never the defaults, which belong to the machine's ratchet.
+    fn cli(&self, index: usize, args: &[&str]) -> Command {
+        let node = &self.nodes[index];
+        let (state_dir, pin_root) = (node.state_dir.path().to_str().unwrap(), node.pin_root.to_str().unwrap());
+        let endpoint = self.etcd_endpoint();
+        let mut full = vec!["--state-dir", state_dir, "--pin-root", pin_root, "--etcd-endpoints", &endpoint];
+        full.extend(args);
+        self.ratchet(index, &full)
+    }
+
     fn apply(&self, topology: &Value) {
         let file = self.nodes[0].state_dir.path().join(unique("topology-"));
         std::fs::write(&file, topology.to_string()).unwrap();
-        let out = self
-            .ratchet(0, &["--etcd-endpoints", &self.etcd_endpoint(), "topology", "apply", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = self.cli(0, &["topology", "apply", file.to_str().unwrap()]).output().unwrap();
         assert!(out.status.success(), "topology apply: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -290,7 +298,7 @@ fn two_ends_added_at_once_on_two_nodes_make_one_link() {
             assert!(reply.success, "{}", reply.stdout);
         }
     });
-    let out = rig.ratchet(0, &["--etcd-endpoints", &rig.etcd_endpoint(), "links", "--json"]).output().unwrap();
+    let out = rig.cli(0, &["links", "--json"]).output().unwrap();
     let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let ours = links.iter().find(|l| l["link"] == link.as_str()).unwrap();
     assert_eq!(ours["state"], "up", "{ours}");
@@ -318,7 +326,7 @@ impl Rig {
     }
 
     fn links(&self) -> Vec<Value> {
-        let out = self.ratchet(0, &["--etcd-endpoints", &self.etcd_endpoint(), "links", "--json"]).output().unwrap();
+        let out = self.cli(0, &["links", "--json"]).output().unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -513,4 +521,25 @@ fn only_the_peers_node_may_send_into_a_link() {
         assert_eq!(beta_knows_intruder(), reaches, "ARP from underlay source {source} reached beta: {reaches}");
         run("ip", &["-n", &intruder.netns, "link", "del", "vxi"]);
     }
+}
+
+/// The VXLAN device is made by a node's first cross-node ADD; an ADD that
+/// fails right after making it takes it away again, so a later ADD never
+/// takes a device without the tunnel program for a ready one.
+#[test]
+fn an_add_failing_after_the_vxlan_device_is_made_removes_it() {
+    let rig = Rig::new();
+    let (alpha, _beta, _) = cross_node_pair(&rig);
+    let mut env = kubelet_env("ADD", &alpha);
+    env.push(("FAILPOINTS", "add::vxlan-made=return".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let reply = call_command(rig.ratchet(0, &[]), &env, rig.config(0).to_string().as_bytes());
+    assert!(!reply.success && reply.error_text().contains("add::vxlan-made"), "{}", reply.stdout);
+    let node = &rig.nodes[0].netns;
+    assert!(node.link("rtvx0").is_none(), "the VXLAN device went with the failed ADD");
+    assert!(alpha.link("in1").is_none(), "and nothing of alpha's end was made");
+
+    assert!(rig.cni(0, "ADD", &alpha).success);
+    let filters = node.exec(&["tc", "filter", "show", "dev", "rtvx0", "ingress"]);
+    assert!(String::from_utf8_lossy(&filters.stdout).contains("ratchet_from_vx"), "the next ADD made it whole");
 }

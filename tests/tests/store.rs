@@ -35,7 +35,9 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
 /// (else the embedded store in the state dir).
 fn settings(state_dir: &Path, etcd: Option<&Etcd>) -> Settings {
     let etcd_endpoints = etcd.map(|etcd| vec![etcd.endpoint()]).unwrap_or_default();
-    Settings { state_dir: state_dir.to_owned(), etcd_endpoints, ..Settings::default() }
+    // A pin root of its own (never made), so no test reads a node's real one.
+    let pin_root = state_dir.join("pins");
+    Settings { state_dir: state_dir.to_owned(), pin_root, etcd_endpoints, ..Settings::default() }
 }
 
 async fn open(settings: &Settings) -> AnyStore {

@@ -5,6 +5,7 @@
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader},
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -42,15 +43,38 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     util::run(util::cargo().args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
 
     println!("==> tests (RATCHET_BIN={})", bin.display());
+    let untouched: Vec<&Path> = NODE_DEFAULTS.iter().map(Path::new).filter(|path| !path.exists()).collect();
     let tally = run_tests(util::cargo().arg("test").args(args).env("RATCHET_BIN", &bin))?;
+    let touched = touched_defaults(&untouched);
     println!("all done in {:.1} s", started.elapsed().as_secs_f64());
     // cargo's own last line is a doctest run that usually has no tests; this
     // one line totals every binary's results.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    if !touched.is_empty() {
+        bail!(
+            "the tests made a node's real ratchet paths ({}): some test runs ratchet without its own state_dir or pin_root",
+            touched.join(", ")
+        );
+    }
     if !tally.success || tally.failed > 0 {
         bail!("cargo test failed");
     }
     Ok(())
+}
+
+/// Where a node's ratchet keeps its state and pins by default. A developer's
+/// machine may run ratchet for real, so no test may use these: each test
+/// node has its own (see `tests/src/lib.rs`).
+const NODE_DEFAULTS: [&str; 2] = ["/var/lib/ratchet", "/sys/fs/bpf/ratchet"];
+
+/// Those of `untouched` (absent before the tests) that exist now; they are
+/// the tests' leftovers, so they are removed after being named.
+fn touched_defaults(untouched: &[&Path]) -> Vec<String> {
+    let touched: Vec<&Path> = untouched.iter().copied().filter(|path| path.exists()).collect();
+    for path in &touched {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    touched.iter().map(|path| path.display().to_string()).collect()
 }
 
 /// What every `test result:` line of one `cargo test` run adds up to.

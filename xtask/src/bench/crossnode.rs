@@ -176,6 +176,7 @@ impl Drop for Rig {
 struct Node {
     netns: String,
     ip: &'static str,
+    state_dir: PathBuf,
     pin_root: PathBuf,
     /// The network config the node's runtime hands the plugin.
     conf: Value,
@@ -222,7 +223,12 @@ impl Rig {
         fs::write(&path, serde_json::to_string_pretty(&json!({ "links": links }))?)
             .with_context(|| format!("writing {}", path.display()))?;
         util::run(
+            // The first node's own state dir and pins, never the machine's.
             in_node(&self.nodes[0].netns, &lab.bin)
+                .arg("--state-dir")
+                .arg(&self.nodes[0].state_dir)
+                .arg("--pin-root")
+                .arg(&self.nodes[0].pin_root)
                 .args(["--etcd-endpoints", &self.etcd, "topology", "apply"])
                 .arg(&path),
         )
@@ -236,16 +242,17 @@ impl Node {
         let dir = lab.temp.join(format!("crossnode-{netns}"));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pin_root = lab.pin_root.with_file_name(&netns);
+        let state_dir = dir.join("state");
         let conf = json!({
             "cniVersion": "1.0.0", "name": "rbench-crossnode", "type": "ratchet",
-            "state_dir": dir.join("state"), "pin_root": pin_root,
+            "state_dir": state_dir, "pin_root": pin_root,
             "node_name": netns, "node_ip": ip, "etcd_endpoints": [etcd],
         });
         let plugin = dir.join("ratchet");
         let script = format!("#!/bin/sh\nexec nsenter --net=/run/netns/{netns} {} \"$@\"\n", lab.bin.display());
         fs::write(&plugin, script).with_context(|| format!("writing {}", plugin.display()))?;
         fs::set_permissions(&plugin, fs::Permissions::from_mode(0o755))?;
-        Ok(Node { netns, ip, pin_root, conf, plugin })
+        Ok(Node { netns, ip, state_dir, pin_root, conf, plugin })
     }
 
     fn start_agent(&self, lab: &Lab) -> anyhow::Result<Child> {

@@ -141,7 +141,9 @@ fn apply_topology(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
     let path = lab.temp.join("topology.json");
     fs::write(&path, serde_json::to_string_pretty(&json!({ "links": links }))?)
         .with_context(|| format!("writing {}", path.display()))?;
-    util::run(util::command(&lab.bin).arg("--state-dir").arg(&lab.state_dir).args(["topology", "apply"]).arg(&path))
+    let mut cli = util::command(&lab.bin);
+    cli.arg("--state-dir").arg(&lab.state_dir).arg("--pin-root").arg(&lab.pin_root);
+    util::run(cli.args(["topology", "apply"]).arg(&path))
 }
 
 /// The CNI configs each plugin gets on stdin (the conflist entry with the
