@@ -39,7 +39,7 @@ pub struct Round {
 
 /// Runs rounds every `interval` until SIGINT or SIGTERM.
 pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let text = crate::files::read_text(config).with_context(|| format!("reading {}", config.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     let settings = Settings::from_config(ratchet_entry(&raw).with_context(|| format!("in {}", config.display()))?)?;
@@ -245,7 +245,7 @@ impl<'a> Agent<'a> {
         tx.commit().await?;
         self.synced_rev = Some(rev);
         for end in &unlinked {
-            del::teardown(&self.host, Some(&dataplane), end).await?;
+            del::teardown(&self.host, end).await?;
         }
         Ok(round)
     }

@@ -102,6 +102,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Remove every link end this node holds (the host veths its pins know,
+    /// with their pod ends), its pins, and the store's records of its ends:
+    /// how a node recovers when its store was deleted or damaged while pods
+    /// were attached. Recreate the pods afterwards.
+    Reset {
+        /// This node's name in link records (`node_name`; default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+    },
     /// Delete host veths DEL released (DEL runs this in a detached child).
     #[command(name = crate::reap::SUBCOMMAND, hide = true)]
     Reap {
@@ -187,6 +196,18 @@ pub fn run() -> anyhow::Result<()> {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
         Command::Unload { force } => runtime.block_on(unload(&settings, force)),
+        Command::Reset { node_name } => runtime.block_on(async {
+            let node = Settings { node_name, ..settings.clone() }.node();
+            let reset = crate::reset::reset(&settings, &node).await?;
+            println!(
+                "removed {} host veth(s) ({}), the pins under {} and {} record(s) of node {node}",
+                reset.veths.len(),
+                reset.veths.join(", "),
+                settings.pin_root.display(),
+                reset.records
+            );
+            Ok(())
+        }),
         Command::Reap { veths } => runtime.block_on(async {
             let host = crate::netlink::Netlink::host()?;
             Ok(crate::reap::delete_all(&host, &veths).await?)
@@ -195,7 +216,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = crate::files::read_text(file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }
 
@@ -204,7 +225,7 @@ async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Resu
     let mut tx = store.begin().await?;
     match command {
         TopologyCommand::Apply { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = crate::files::read_text(&file).with_context(|| format!("reading {}", file.display()))?;
             let topology = Topology::from_json(&text).with_context(|| format!("in {}", file.display()))?;
             records::put_topology(&mut tx, &topology).await?;
             tx.commit().await?;

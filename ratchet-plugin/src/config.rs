@@ -61,8 +61,12 @@ pub struct Settings {
     pub vxlan_port: u16,
     /// A topology carried in the config itself (e.g. from a ConfigMap):
     /// when given, ADD makes it the store's topology before it looks up links.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::topology::optional_topology")]
     pub topology: Option<Topology>,
+    /// How long a verb may take before it answers error 11 on its own
+    /// (see `cni::deadline`); 60 s when unset.
+    #[serde(default)]
+    pub verb_timeout_seconds: Option<u32>,
     /// Where the one-line-per-verb log goes (appended); stderr when unset.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -149,6 +153,13 @@ fn default_vxlan_port() -> u16 {
     4789
 }
 
+/// The longest `verb_timeout_seconds`: kubelet gives up on a CRI call after
+/// two minutes; longer would only hide a hang.
+const MAX_VERB_TIMEOUT_SECONDS: u32 = 600;
+
+/// The most etcd endpoints a config may name.
+const MAX_ETCD_ENDPOINTS: usize = 16;
+
 /// VXLAN over IPv4 adds 50 bytes (outer Ethernet, IPv4, UDP and VXLAN headers).
 const VXLAN_OVERHEAD: u32 = 50;
 
@@ -168,7 +179,31 @@ impl Settings {
         if let Some(topology) = &settings.topology {
             topology.validate().map_err(|e| CniError::Config { key: "topology".into(), reason: e.to_string() })?;
         }
+        settings.check_bounds()?;
         Ok(settings)
+    }
+
+    /// Limits that keep every verb bounded: a deadline a runtime can wait
+    /// for, and no more etcd endpoints than a cluster has members (the etcd
+    /// client stalls for good past 64).
+    fn check_bounds(&self) -> Result<(), CniError> {
+        let invalid = |key: &str, reason: String| Err(CniError::Config { key: key.into(), reason });
+        if let Some(seconds) = self.verb_timeout_seconds
+            && !(1..=MAX_VERB_TIMEOUT_SECONDS).contains(&seconds)
+        {
+            return invalid("verb_timeout_seconds", format!("{seconds} is outside 1..={MAX_VERB_TIMEOUT_SECONDS}"));
+        }
+        let endpoints = self.etcd_endpoints.len() + usize::from(self.etcd_host.is_some());
+        if endpoints > MAX_ETCD_ENDPOINTS {
+            let reason = format!("{endpoints} endpoints; at most {MAX_ETCD_ENDPOINTS} (one per etcd member)");
+            return invalid("etcd_endpoints", reason);
+        }
+        Ok(())
+    }
+
+    /// How long a verb may run before it gives up and answers.
+    pub fn verb_timeout(&self) -> std::time::Duration {
+        self.verb_timeout_seconds.map_or(crate::cni::VERB_TIMEOUT, |s| std::time::Duration::from_secs(s.into()))
     }
 
     /// The seed's keys this version accepts but does not act on, with why,
@@ -246,6 +281,6 @@ mod tests {
         assert!(err.to_string().starts_with("topology: two links have the id"), "{err}");
         let bad_ip = json!({"topology": {"links": [{"a": {"pod": "default/a", "ifname": "in1", "ips": ["10.0.0.1/40"]}, "b": {"pod": "default/b", "ifname": "in1"}}]}});
         let err = Settings::from_config(&bad_ip).unwrap_err();
-        assert!(err.to_string().starts_with("topology.links[0].a.ips[0]"), "{err}");
+        assert!(err.to_string().starts_with("topology.links[0].a.ips: ips[0] \"10.0.0.1/40\""), "{err}");
     }
 }

@@ -22,7 +22,6 @@ use aya::{
     },
 };
 use nix::{
-    fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
@@ -53,6 +52,9 @@ const PIN_LINKS: &str = "links";
 pub enum DataplaneError {
     #[error("pin root {path}: {source}")]
     PinRoot { path: String, source: io::Error },
+    /// Another verb holds the node's load lock for longer than we wait.
+    #[error("{path} is held by another process for more than {waited:?}")]
+    Busy { path: String, waited: std::time::Duration },
     #[error("cannot mount bpffs at {BPFFS}: {0}")]
     Mount(nix::Error),
     #[error("loading the eBPF object: {0}")]
@@ -101,7 +103,12 @@ impl Dataplane {
         let pin_root_error = |source| DataplaneError::PinRoot { path: root.display().to_string(), source };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(lock_dir).map_err(pin_root_error)?;
         let file = fs::File::create(&lock_path).map_err(pin_root_error)?;
-        let _lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| pin_root_error(e.into()))?;
+        let _lock = crate::files::lock_exclusive(file, crate::store::LOCK_WAIT).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => {
+                DataplaneError::Busy { path: lock_path.display().to_string(), waited: crate::store::LOCK_WAIT }
+            }
+            _ => pin_root_error(e),
+        })?;
         if let Some(dataplane) = Self::open(root)? {
             return Ok(dataplane);
         }
@@ -128,6 +135,11 @@ impl Dataplane {
             tunnels: open_map(root, PIN_TUNNELS)?,
             stats: open_map(root, PIN_STATS)?,
         }))
+    }
+
+    /// The pin root these pins are under.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Which load of the maps this is: the kernel id of the peers map, new
@@ -397,6 +409,16 @@ impl Counters {
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
     pub fn get(&self, ifindex: u32) -> Result<Option<EndStats>, DataplaneError> {
         sum_stats(&self.stats, ifindex)
+    }
+
+    /// How many host veths have counters.
+    pub fn count(&self) -> Result<usize, DataplaneError> {
+        let mut count = 0;
+        for key in self.stats.keys() {
+            key.map_err(|source| DataplaneError::Map { what: format!("list {MAP_STATS}"), source })?;
+            count += 1;
+        }
+        Ok(count)
     }
 }
 

@@ -154,11 +154,13 @@ impl Delegate {
             .spawn()
             .map_err(|e| self.failed(plugin, format!("cannot run {}: {e}", binary.display())))?;
         let stdin = serde_json::to_vec(&config).expect("JSON values serialize");
+        // The verb's deadline covers the plugin: it is killed if it hangs.
+        crate::cni::deadline::delegate_running(Some(child.id()));
         // A plugin that exits without reading its stdin is judged by its exit.
         let _ = child.stdin.take().expect("piped").write_all(&stdin);
-        let output = child
-            .wait_with_output()
-            .map_err(|e| self.failed(plugin, format!("waiting for {}: {e}", binary.display())))?;
+        let output = child.wait_with_output();
+        crate::cni::deadline::delegate_running(None);
+        let output = output.map_err(|e| self.failed(plugin, format!("waiting for {}: {e}", binary.display())))?;
         let stdout: Option<Value> = serde_json::from_slice(&output.stdout).ok();
         if output.status.success() {
             return Ok(stdout);

@@ -60,7 +60,7 @@ pub fn uninstall(bin_dir: &Path, conf_dir: &Path, conflist: &str) -> anyhow::Res
 /// Writes `bytes` to `path` unless it already holds them.
 fn place(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if fs::read(path).is_ok_and(|current| current == bytes) {
+    if crate::files::read_bounded(path, bytes.len() as u64).is_ok_and(|current| current == bytes) {
         println!("{} is up to date", path.display());
         return Ok(());
     }

@@ -30,6 +30,14 @@ pub fn host_ifname(link_id: &str, side: Side) -> String {
     name
 }
 
+/// Whether `name` is shaped like a name [`host_ifname`] gives.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with(HOST_PREFIX)
+        && name[2..14].bytes().all(|b| DIGITS.contains(&b))
+        && (name.ends_with('a') || name.ends_with('b'))
+}
+
 /// FNV-1a: tiny, and stable across Rust releases (std's hashers are not).
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -47,6 +55,7 @@ mod tests {
         assert_eq!(name, host_ifname("l1", Side::A));
         assert_eq!(name.len(), 15);
         assert!(name.starts_with("rt") && name.ends_with('a'));
+        assert!(is_host_ifname(&name) && !is_host_ifname("rtvx0") && !is_host_ifname("eth0"));
         assert_eq!(host_ifname("l1", Side::B)[..14], name[..14]);
     }
 

@@ -8,7 +8,10 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd},
+        unix::fs::OpenOptionsExt,
+    },
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -50,6 +53,25 @@ pub fn ifindex_of(name: &str) -> Result<Option<u32>, NetlinkError> {
     }
 }
 
+/// Opens a network namespace by path, never blocking (a FIFO named as a
+/// netns would block a plain open until a writer came) and refusing any file
+/// that is not a network namespace, so every later step can trust the fd.
+pub fn open_netns(path: &str) -> Result<File, NetlinkError> {
+    let failed = |source| NetlinkError::Netns { path: path.into(), source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(failed)?;
+    let on_nsfs = nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+    // SAFETY: NS_GET_NSTYPE takes no argument; the fd is open for the call.
+    let kind = on_nsfs.then(|| unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) });
+    if kind != Some(libc::CLONE_NEWNET) {
+        return Err(failed(std::io::Error::other("not a network namespace")));
+    }
+    Ok(file)
+}
+
 /// A netlink handle bound to one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -88,7 +110,7 @@ impl Netlink {
     /// A handle whose socket lives in the netns at `path`.
     pub fn in_netns(path: &str) -> Result<Self, NetlinkError> {
         let netns_error = |source| NetlinkError::Netns { path: path.into(), source };
-        let netns = File::open(path).map_err(netns_error)?;
+        let netns = open_netns(path)?;
         let runtime = tokio::runtime::Handle::current();
         let opened = std::thread::spawn(move || {
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
@@ -114,8 +136,8 @@ impl Netlink {
     }
 
     /// Creates the veth pair in one request, so a failure leaves no half.
-    /// The host end gets no IPv6 link-local address: it is a wire, not a
-    /// host, and must not send router or multicast chatter into the pod.
+    /// The caller owns the pair from here on (and deletes it if a later
+    /// step fails): nothing else is configured, see [`Netlink::ready_host_end`].
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<LinkInfo, NetlinkError> {
         let mut peer = LinkUnspec::new_with_name(spec.pod_ifname).mtu(spec.mtu).setns_by_fd(spec.pod_netns.as_raw_fd());
         if let Some(mac) = spec.pod_mac {
@@ -126,16 +148,26 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         let what = || format!("create veth {} <-> {}", spec.host_ifname, spec.pod_ifname);
-        let host = self.add_link(veth, spec.host_ifname, what).await?;
-        // The kernel refuses the address-generation mode at creation, so it
-        // is a second request, made before the link is up.
+        self.add_link(veth, spec.host_ifname, what).await
+    }
+
+    /// Readies a new host end and sets it up. It gets no IPv6 link-local
+    /// address: it is a wire, not a host, and must not send router or
+    /// multicast chatter into the pod. The kernel refuses the
+    /// address-generation mode at creation, so it is a request of its own;
+    /// a device without IPv6 (an MTU below 1280, or IPv6 switched off)
+    /// answers EAFNOSUPPORT and has no link-local address to suppress.
+    pub async fn ready_host_end(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         let no_link_local = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
             In6AddrGenMode::None,
         )])]);
-        let change = LinkUnspec::new_with_index(host.index).append_extra_attribute(no_link_local).build();
-        self.change(change, || format!("set addrgenmode none on {}", spec.host_ifname)).await?;
-        self.set_up(host.index, spec.host_ifname).await?;
-        Ok(host)
+        let change = LinkUnspec::new_with_index(index).append_extra_attribute(no_link_local).build();
+        match self.handle.link().change(change).execute().await {
+            Err(e) if errno(&e) == Some(libc::EAFNOSUPPORT) => {}
+            other => other
+                .map_err(|source| NetlinkError::Request { what: format!("set addrgenmode none on {name}"), source })?,
+        }
+        self.set_up(index, name).await
     }
 
     /// Creates a VXLAN device in external (collect-metadata) mode: one for

@@ -51,8 +51,18 @@ pub async fn join(
     }
     if fabric.vxlan_ifindex.is_none() {
         let vxlan = host.create_vxlan(VXLAN_DEVICE, ip, settings.vxlan_port).await?;
-        dataplane.attach_tunnel(VXLAN_DEVICE)?;
+        // A device without the tunnel program would be taken as ready by
+        // every later verb: it goes again if the program cannot go on.
+        if let Err(error) = attach_tunnel(dataplane) {
+            let _ = host.delete_link(vxlan.index).await;
+            return Err(error);
+        }
         fabric.vxlan_ifindex = Some(vxlan.index);
     }
     Ok(fabric)
+}
+
+fn attach_tunnel(dataplane: &mut Dataplane) -> Result<(), CniError> {
+    failpoint!("add::vxlan-made");
+    Ok(dataplane.attach_tunnel(VXLAN_DEVICE)?)
 }

@@ -135,6 +135,7 @@ mod tests {
             node: node.into(),
             dataplane: 1,
             vni: Some(7),
+            pin_root: None,
         })
     }
 

@@ -21,12 +21,20 @@ pub enum TopologyError {
     BadMac(String),
     #[error("link name {0:?} must be 1-63 characters of A-Z a-z 0-9 . _ -")]
     BadLinkName(String),
+    #[error("link {link}: interface name {ifname} is one the kernel gives every netns; pick another")]
+    ReservedIfName { link: String, ifname: String },
     #[error("link {link}: MTU {mtu} is outside {min}..=65535")]
     BadMtu { link: String, mtu: u32, min: u32 },
     #[error(
         "link {link}: address {ip} is a network or has a /0 prefix; give a host address with its prefix, e.g. 10.0.0.1/24"
     )]
     BadAddress { link: String, ip: IpNet },
+    #[error(
+        "link {link}: address {ip} is {what}, which a point-to-point link end cannot use; give a unicast host address"
+    )]
+    UnusableAddress { link: String, ip: IpNet, what: &'static str },
+    #[error("link {link}: address {ip} is given twice on side {side}")]
+    DuplicateAddress { link: String, ip: IpNet, side: &'static str },
     #[error("link {0}: both ends are the same pod interface")]
     SelfLink(String),
     #[error("{0} appears in more than one link end")]
@@ -36,6 +44,12 @@ pub enum TopologyError {
     #[error("topology is not valid JSON: {0}")]
     Parse(String),
 }
+
+/// Interfaces a pod's netns has from birth (`lo`) or as soon as a tunnel
+/// module is loaded on the node (its fallback devices appear in every
+/// netns): a link end can never be made under these names.
+const RESERVED_IFNAMES: [&str; 10] =
+    ["lo", "tunl0", "sit0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip6gre0", "ip_vti0", "ip6_vti0"];
 
 /// A pod, identified as kubelet identifies it: `K8S_POD_NAMESPACE`/`K8S_POD_NAME`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -192,10 +206,32 @@ impl fmt::Display for MacAddr {
 pub struct LinkEnd {
     pub pod: PodRef,
     pub ifname: IfName,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unambiguous_addresses")]
     pub ips: Vec<IpNet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+}
+
+/// Reads addresses, refusing an IPv4 octet written with a leading zero
+/// (`10.0.0.010`): some tools read it as octal (8), others as decimal (10),
+/// and the parser underneath silently takes the second.
+fn unambiguous_addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let address = text.split('/').next().unwrap_or_default();
+            let octets: Vec<&str> = address.split('.').collect();
+            if octets.len() == 4 && octets.iter().any(|octet| octet.len() > 1 && octet.starts_with('0')) {
+                return Err(serde::de::Error::custom(format!(
+                    "ips[{i}] {text:?} has an octet with a leading zero, which tools read as octal or as decimal: \
+                     write it without"
+                )));
+            }
+            text.parse().map_err(|e| serde::de::Error::custom(format!("ips[{i}] {text:?}: {e}")))
+        })
+        .collect()
 }
 
 /// Which end of a link; `A` is the first end written in the topology.
@@ -241,7 +277,9 @@ pub struct Link {
     /// An optional stable name; without one the id is derived from the ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "map_only")]
     pub a: LinkEnd,
+    #[serde(deserialize_with = "map_only")]
     pub b: LinkEnd,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -295,7 +333,37 @@ impl Link {
         if let Some(ip) = ips().find(|ip| !is_host_address(ip)) {
             return Err(TopologyError::BadAddress { link: id, ip: *ip });
         }
+        if let Some((ip, what)) = ips().find_map(|ip| unusable(ip).map(|what| (ip, what))) {
+            return Err(TopologyError::UnusableAddress { link: id, ip: *ip, what });
+        }
+        for side in [Side::A, Side::B] {
+            let end = self.end(side);
+            if RESERVED_IFNAMES.contains(&end.ifname.as_str()) {
+                return Err(TopologyError::ReservedIfName { link: id, ifname: end.ifname.to_string() });
+            }
+            let mut seen = HashSet::new();
+            if let Some(ip) = end.ips.iter().find(|ip| !seen.insert(ip.addr())) {
+                return Err(TopologyError::DuplicateAddress { link: id, ip: *ip, side: side.as_str() });
+            }
+        }
         Ok(())
+    }
+}
+
+/// What makes an address useless on a link end: the kernel refuses some
+/// (IPv6 multicast, loopback, unspecified), and the rest never reach a
+/// peer as a unicast host address.
+fn unusable(ip: &IpNet) -> Option<&'static str> {
+    match ip.addr() {
+        IpAddr::V4(v4) if v4.is_multicast() => Some("multicast"),
+        IpAddr::V4(v4) if v4.is_loopback() => Some("loopback"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("in 0.0.0.0/8 (this host on this network)"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the limited broadcast address"),
+        IpAddr::V4(_) if ip.prefix_len() < 31 && ip.addr() == ip.broadcast() => Some("its subnet's broadcast address"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("multicast"),
+        IpAddr::V6(v6) if v6.is_loopback() => Some("loopback"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified"),
+        _ => None,
     }
 }
 
@@ -313,13 +381,50 @@ fn is_host_address(ip: &IpNet) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    #[serde(deserialize_with = "maps_only")]
     pub links: Vec<Link>,
+}
+
+/// Deserializes `T` only from a map. serde lets a struct come from a
+/// sequence too, its fields taken by position, so `[[...]]` would pass for
+/// `{"links": [...]}`: nobody writes a topology that way on purpose.
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for MapVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(std::marker::PhantomData)).map(MapOnly)
+    }
+}
+
+fn map_only<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    MapOnly::deserialize(deserializer).map(|only| only.0)
+}
+
+fn maps_only<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    Ok(Vec::<MapOnly<T>>::deserialize(deserializer)?.into_iter().map(|only| only.0).collect())
+}
+
+/// A topology as a config key carries it: an object, like a topology file.
+pub fn optional_topology<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Topology>, D::Error> {
+    Ok(Option::<MapOnly<Topology>>::deserialize(deserializer)?.map(|only| only.0))
 }
 
 impl Topology {
     /// Parses and validates a topology file's text.
     pub fn from_json(text: &str) -> Result<Self, TopologyError> {
-        let topology: Self = serde_json::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        let MapOnly::<Self>(topology) = serde_json::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
         topology.validate()?;
         Ok(topology)
     }
@@ -420,6 +525,16 @@ mod tests {
             (PAIR.replace("\"l1\"", "\"l/1\""), "link name"),
             (PAIR.replace("default/beta", "default/alpha").replace("in2", "in1"), "same pod interface"),
             (PAIR.replace("\"mtu\"", "\"mtux\""), "unknown field"),
+            (PAIR.replace("10.9.0.1/24", "10.9.0.010/24"), "leading zero"),
+            (PAIR.replace("10.9.0.1/24", "10.9.0.1/24\", \"10.9.0.1/24"), "given twice on side a"),
+            (PAIR.replace("10.9.0.1/24", "224.0.0.1/24"), "multicast"),
+            (PAIR.replace("fd00:9::1/64", "ff02::1/64"), "multicast"),
+            (PAIR.replace("fd00:9::1/64", "::1/128"), "loopback"),
+            (PAIR.replace("10.9.0.1/24", "10.9.0.255/24"), "broadcast"),
+            (PAIR.replace("\"in1\"", "\"lo\""), "every netns"),
+            (format!("[{PAIR}]"), "expected an object"),
+            (r#"{"links": [[null, {"pod": "default/a", "ifname": "x"}, {"pod": "default/b", "ifname": "y"}]]}"#.into(), "expected an object"),
+            (PAIR.replace("\"a\": {\"pod\": \"default/alpha\", \"ifname\": \"in1\", \"ips\": [\"10.9.0.1/24\", \"fd00:9::1/64\"]}", "\"a\": [\"default/alpha\", \"in1\"]"), "expected an object"),
         ];
         for (text, expected) in cases {
             let err = Topology::from_json(&text).unwrap_err().to_string();

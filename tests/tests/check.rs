@@ -147,3 +147,52 @@ fn a_prev_result_with_the_address_on_another_interface() {
     }
     check(&node, &pair.alpha, &moved).assert_error(105, &["prevResult", "in1"]);
 }
+
+/// A second ADD of the same pod as a new container (a new sandbox) takes
+/// the pod's link ends over: the first container then holds nothing, so its
+/// CHECK fails saying who holds them, and its late DEL leaves them alone.
+#[test]
+fn a_container_whose_ends_a_later_sandbox_took_over_fails_check() {
+    let node = Node::new();
+    let pair = linked_pair(&node, 12);
+    let old = (pair.alpha.netns_path(), ratchet_tests::container_of(&pair.alpha));
+    let fresh = Pod::new("default", "alpha");
+    let fresh_cached = node.add(&fresh);
+    assert!(pair.alpha.link("in1").is_none(), "the interface moved to the new sandbox");
+
+    let config = ratchet_tests::with_prev_result(&node.config(), &pair.alpha_cached);
+    let reply = node.call("CHECK", &old.1, &old.0, ("default", "alpha"), &config);
+    reply.assert_error(105, &["holds no link end", &ratchet_tests::container_of(&fresh), "took them over"]);
+    check(&node, &fresh, &fresh_cached).assert_silent_success("CHECK of the new sandbox");
+
+    let late = node.call("DEL", &old.1, &old.0, ("default", "alpha"), &node.config());
+    assert!(late.success, "{}", late.stdout);
+    assert!(fresh.ping("10.83.12.2"), "the old container's DEL leaves the new one's link alone");
+    check(&node, &fresh, &fresh_cached).assert_silent_success("CHECK of the new sandbox after the old DEL");
+}
+
+/// CHECK of a container that was never added, or whose CNI_NETNS is not a
+/// network namespace, fails.
+#[test]
+fn a_container_never_added_or_a_bad_netns_fails_check() {
+    let node = Node::new();
+    let pair = linked_pair(&node, 13);
+    let config = ratchet_tests::with_prev_result(&node.config(), &pair.alpha_cached);
+    let never = node.call("CHECK", "never-added", &pair.alpha.netns_path(), ("default", "alpha"), &config);
+    never.assert_error(105, &["never-added holds no link end", "container"]);
+
+    let id = ratchet_tests::container_of(&pair.alpha);
+    let bad = node.call("CHECK", &id, "/proc/self/ns/mnt", ("default", "alpha"), &config);
+    bad.assert_error(4, &["CNI_NETNS", "not a network namespace"]);
+    let other = node.call("CHECK", &id, &pair.beta.netns_path(), ("default", "alpha"), &config);
+    other.assert_error(105, &["not the netns ADD attached"]);
+
+    // A pod the topology gives no link holds nothing, and that is right.
+    let plain = Pod::new("default", "plain");
+    let reply = node.call_pod(
+        "CHECK",
+        &plain,
+        &ratchet_tests::with_prev_result(&node.config(), &json!({"cniVersion": "1.0.0"})),
+    );
+    reply.assert_silent_success("CHECK of a pod without links");
+}

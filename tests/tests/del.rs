@@ -149,3 +149,28 @@ fn after_a_reboot_stale_records_are_forgotten_not_wired() {
     node.del(&alpha);
     node.del(&beta);
 }
+
+/// tcx mode: the netns (and with it both veth ends) goes before DEL. The
+/// end's tcx link pin must go with DEL all the same, or the next ADD of the
+/// pod cannot pin its own (it failed with 103 before).
+#[test]
+fn tcx_del_after_the_netns_is_gone_leaves_no_link_pin() {
+    let node = Node::with_attach("tcx");
+    for round in 0..3 {
+        let (alpha, beta, l1) = linked_pair(&node);
+        let (path, id) = (alpha.netns_path(), container_of(&alpha));
+        drop(alpha);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let reply = node.call("DEL", &id, &path, ("default", "alpha"), &node.config());
+        assert!(reply.success, "round {round}: {}", reply.stdout);
+        let pins: Vec<_> =
+            std::fs::read_dir(node.pin_root.join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(pins.len(), 1, "round {round}: only beta's link pin is left: {pins:?}");
+        let again = Pod::new("default", "alpha");
+        node.add(&again);
+        assert!(again.ping("10.79.0.2"), "round {round}: the next ADD of the pod works at once");
+        node.del(&again);
+        node.del(&beta);
+        assert_eq!(node.link_state(&l1), "down");
+    }
+}

@@ -11,7 +11,17 @@ use ratchet_tests::{
 };
 use serde_json::json;
 
-const ADD_STEPS: [&str; 5] = ["add::veth-made", "add::attached", "add::addressed", "add::wired", "add::before-commit"];
+/// Every step of ADD that makes something, in order.
+const ADD_STEPS: [&str; 8] = [
+    "add::veth-made",
+    "add::host-end-up",
+    "add::attached",
+    "add::tracked",
+    "add::addressed",
+    "add::pod-end-up",
+    "add::wired",
+    "add::before-commit",
+];
 const DEL_STEPS: [&str; 2] = ["del::released", "del::committed"];
 
 /// A verb for `pod` with a failpoint switched on.
@@ -122,4 +132,35 @@ fn an_add_while_the_store_is_held_elsewhere_fails_with_11_and_leaves_nothing() {
     assert_alpha_absent(&node, &alpha, &link, "store held");
     node.add(&alpha);
     assert!(alpha.ping("10.95.0.2"), "once the store is free the ADD works");
+}
+
+/// The first ADD on a node loads the programs under a node-local lock; one
+/// held by a stuck process makes ADD fail with 11 in bounded time (it
+/// waited forever before), and once it is free, ADD works.
+#[test]
+fn an_add_while_the_load_lock_is_held_elsewhere_fails_with_11() {
+    use std::io::BufRead;
+    let node = Node::new();
+    let (alpha, _beta, link) = pair(&node);
+    node.cli(&["unload", "--force"]);
+    let lock = node.state_dir.path().join("dataplane.lock");
+    // --no-fork: the lock dies with the process killed below.
+    let mut holder = std::process::Command::new("flock")
+        .arg("--no-fork")
+        .arg(&lock)
+        .args(["sh", "-c", "echo held; exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    let started = std::time::Instant::now();
+    let reply = node.call_pod("ADD", &alpha, &node.config());
+    let _ = holder.kill();
+    holder.wait().unwrap();
+    reply.assert_error(11, &["dataplane.lock", "another process"]);
+    assert!(started.elapsed() < Duration::from_secs(15), "bounded: {:?}", started.elapsed());
+    assert!(host_link_gone(&host_ifname(&link, Side::A)), "nothing was made");
+    node.add(&alpha);
 }

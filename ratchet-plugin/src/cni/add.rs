@@ -49,9 +49,7 @@ pub async fn add(
 ) -> Result<CNIResult, CniError> {
     let settings = &config.settings;
     let pod = env.pod()?;
-    let netns_error =
-        |e: std::io::Error| CniError::Env { var: "CNI_NETNS", reason: format!("cannot open {}: {e}", env.netns) };
-    let netns = File::open(&env.netns).map_err(netns_error)?;
+    let netns = open_netns(&env.netns)?;
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
     let host = Netlink::host()?;
     let in_pod = Netlink::in_netns(&env.netns)?;
@@ -72,7 +70,7 @@ pub async fn add(
     if !stale.is_empty() {
         tx.commit().await?;
         for end in &stale {
-            del::teardown(&host, Some(&dataplane), end).await?;
+            del::teardown(&host, end).await?;
         }
         tx = store.begin().await?;
     }
@@ -126,8 +124,7 @@ pub async fn attach_live(
         args: Default::default(),
         path: Vec::new(),
     };
-    let netns = File::open(&env.netns)
-        .map_err(|e| CniError::Env { var: "CNI_NETNS", reason: format!("{}: {e}", env.netns) })?;
+    let netns = open_netns(&env.netns)?;
     let in_pod = Netlink::in_netns(&env.netns)?;
     let mut attach = Attach {
         env: &env,
@@ -220,6 +217,9 @@ impl Attach<'_> {
             orphans::unwire(self.dataplane, &orphan)?;
             reap::delete_all(self.host, &orphan).await?;
         }
+        // A tcx link pin of this name with no veth (its netns went, then a
+        // killed verb) would make the attach below fail with EEXIST.
+        self.dataplane.detach_tcx(&host_ifname)?;
         if self.in_pod.link_by_name(ifname).await?.is_some() {
             return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });
         }
@@ -233,19 +233,23 @@ impl Attach<'_> {
         let veth = self.host.create_veth(&spec).await?;
         self.made.veths.push((veth.index, host_ifname.clone()));
         failpoint!("add::veth-made");
+        self.host.ready_host_end(veth.index, &host_ifname).await?;
+        failpoint!("add::host-end-up");
         // Attach before the pod end is up, so the pod's first frame already
         // meets the program.
         self.attach(veth.index, &host_ifname).await?;
+        failpoint!("add::attached");
         self.dataplane.track(veth.index)?;
         self.made.tracked.push(veth.index);
-        failpoint!("add::attached");
+        failpoint!("add::tracked");
         let pod_end = self.in_pod.link_by_name(ifname).await?.ok_or_else(|| CniError::IfNameTaken {
             ifname: format!("{ifname} (vanished right after it was made)"),
             netns: self.env.netns.clone(),
         })?;
         self.in_pod.add_addresses(pod_end.index, ifname, &end.ips).await?;
-        self.in_pod.set_up(pod_end.index, ifname).await?;
         failpoint!("add::addressed");
+        self.in_pod.set_up(pod_end.index, ifname).await?;
+        failpoint!("add::pod-end-up");
 
         let record = EndRecord {
             container_id: self.env.container_id.clone(),
@@ -258,6 +262,7 @@ impl Attach<'_> {
             node: self.fabric.node.clone(),
             dataplane: self.dataplane.generation(),
             vni: records::link_vni(tx, &link.id()).await?,
+            pin_root: Some(self.settings.pin_root.clone()),
         };
         let mut ends = records::ends(tx, &link.id()).await?;
         self.forget_dead_peer(tx, link, side.other(), &mut ends).await?;
@@ -322,6 +327,11 @@ impl Attach<'_> {
         ends[peer_side.index()] = None;
         Ok(())
     }
+}
+
+/// The pod's netns, or an error that names `CNI_NETNS`.
+fn open_netns(path: &str) -> Result<File, CniError> {
+    crate::netlink::open_netns(path).map_err(|e| CniError::Env { var: "CNI_NETNS", reason: e.to_string() })
 }
 
 fn interface(name: String, mac: Option<crate::topology::MacAddr>, sandbox: Option<String>) -> Interface {

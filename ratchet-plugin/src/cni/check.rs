@@ -16,10 +16,10 @@ use crate::{
     node,
     pairing::{self, Entry, Fabric},
     store::{
-        self, Store,
+        self, Store, Transaction,
         records::{self, EndRecord},
     },
-    topology::{Link, Side},
+    topology::{Link, PodRef, Side},
 };
 
 /// One attached end of this container, with its link and both its ends.
@@ -30,18 +30,25 @@ struct Attached {
     ends: [Option<EndRecord>; 2],
 }
 
-/// Checks the container's ends; returns their records (empty when ratchet
-/// gave this container nothing, e.g. a pod passed to a delegate).
+/// Checks the container's ends; returns their records (empty when the
+/// topology gives its pod no link, e.g. a pod passed to a delegate). A
+/// container that holds none of its pod's link ends fails: it was never
+/// ADDed, a DEL or GC released it, or a later ADD of the same pod (a new
+/// sandbox) took its ends over.
 pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniError> {
     let settings = &config.settings;
     let host = Netlink::host()?;
-    let (attached, fabric) = read_attached(config, env, &host).await?;
+    let Holdings { attached, fabric, missing } = read_attached(config, env, &host).await?;
+    if let Some(missing) = missing {
+        return Err(CniError::CheckDrift(missing));
+    }
     if attached.is_empty() {
         return Ok(Vec::new());
     }
     let drift = |what: String| CniError::CheckDrift(what);
     let dataplane = Dataplane::open(&settings.pin_root)?
         .ok_or_else(|| drift(format!("no program is pinned under {}", settings.pin_root.display())))?;
+    check_netns(env, &attached[0].record)?;
     let in_pod = Netlink::in_netns(&env.netns)?;
     for end in &attached {
         check_pod_end(&in_pod, &config.settings, end).await?;
@@ -52,7 +59,15 @@ pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniE
     Ok(attached.into_iter().map(|end| end.record).collect())
 }
 
-async fn read_attached(config: &Config, env: &CniEnv, host: &Netlink) -> Result<(Vec<Attached>, Fabric), CniError> {
+/// What the store says this container holds.
+struct Holdings {
+    attached: Vec<Attached>,
+    fabric: Fabric,
+    /// Why the container holds nothing though its pod has links.
+    missing: Option<String>,
+}
+
+async fn read_attached(config: &Config, env: &CniEnv, host: &Netlink) -> Result<Holdings, CniError> {
     let mut store = store::open(&config.settings).await?;
     let mut tx = store.begin().await?;
     let fabric = node::fabric(&mut tx, &config.settings, host).await?;
@@ -65,7 +80,61 @@ async fn read_attached(config: &Config, env: &CniEnv, host: &Netlink) -> Result<
         let link = records::link(&mut tx, &held.link).await?;
         attached.push(Attached { side: held.side, record, link, ends });
     }
-    Ok((attached, fabric))
+    let missing = match env.pod() {
+        Ok(pod) if attached.is_empty() => why_nothing_held(&mut tx, &pod, &env.container_id).await?,
+        _ => None,
+    };
+    Ok(Holdings { attached, fabric, missing })
+}
+
+/// When the topology gives `pod` links but `container` holds none of their
+/// ends: who holds them instead, if anyone.
+async fn why_nothing_held(
+    tx: &mut impl Transaction,
+    pod: &PodRef,
+    container: &str,
+) -> Result<Option<String>, CniError> {
+    let links = records::links_of_pod(tx, pod).await?;
+    if links.is_empty() {
+        return Ok(None);
+    }
+    for link in &links {
+        for side in link.sides_of(pod) {
+            if let Some(holder) = records::end(tx, &link.id(), side).await? {
+                return Ok(Some(format!(
+                    "container {container} holds no link end of pod {pod}: container {} holds them (a later ADD \
+                     of the pod took them over)",
+                    holder.container_id
+                )));
+            }
+        }
+    }
+    Ok(Some(format!(
+        "container {container} holds no link end of pod {pod}: none is attached (it was never ADDed, or a DEL or GC \
+         released it)"
+    )))
+}
+
+/// CHECK must look at the netns ADD attached to: the same path, or another
+/// path to the same namespace.
+fn check_netns(env: &CniEnv, record: &EndRecord) -> Result<(), CniError> {
+    let opened = crate::netlink::open_netns(&env.netns)
+        .map_err(|e| CniError::Env { var: "CNI_NETNS", reason: e.to_string() })?;
+    if env.netns == record.netns {
+        return Ok(());
+    }
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    };
+    let recorded = std::fs::metadata(&record.netns);
+    match (opened.metadata(), recorded) {
+        (Ok(a), Ok(b)) if same(&a, &b) => Ok(()),
+        _ => Err(CniError::CheckDrift(format!(
+            "CNI_NETNS {} is not the netns ADD attached this container to ({})",
+            env.netns, record.netns
+        ))),
+    }
 }
 
 async fn check_pod_end(in_pod: &Netlink, settings: &Settings, end: &Attached) -> Result<(), CniError> {

@@ -78,11 +78,9 @@ pub async fn del(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniErr
     failpoint!("del::committed");
     // Nothing forwards to or from these veths any more: their deletion, the
     // slow part, need not hold the runtime up.
-    let mut doomed = orphans;
-    for end in &released {
-        doomed.extend(unhook(dataplane.as_ref(), end)?);
-    }
-    reap::defer(&host, doomed).await?;
+    let mut veths = orphans;
+    veths.extend(released.iter().filter_map(doomed));
+    reap::defer(&host, veths).await?;
     Ok(released.into_iter().map(|end| end.record).collect())
 }
 
@@ -130,12 +128,27 @@ pub async fn release(
     let live = is_live(host, &record).await?;
     let before = pairing::forwarding(&ends, fabric);
     ends[side.index()] = None;
-    if let Some(dataplane) = dataplane.filter(|dataplane| dataplane.generation() == record.dataplane) {
-        let (stale, _) = pairing::rewire(&before, &pairing::forwarding(&ends, fabric));
-        for entry in stale {
-            dataplane.remove(&entry)?;
+    let mut elsewhere;
+    let dataplane = match &record.pin_root {
+        Some(root) if dataplane.as_ref().is_none_or(|dataplane| dataplane.root() != root) => {
+            elsewhere = Dataplane::open(root)?;
+            elsewhere.as_mut()
         }
-        dataplane.untrack(record.host_ifindex)?;
+        _ => dataplane,
+    };
+    if let Some(dataplane) = dataplane {
+        if dataplane.generation() == record.dataplane {
+            let (stale, _) = pairing::rewire(&before, &pairing::forwarding(&ends, fabric));
+            for entry in stale {
+                dataplane.remove(&entry)?;
+            }
+            dataplane.untrack(record.host_ifindex)?;
+        }
+        // A tcx link pin outlives its veth (deleting a pod's netns takes
+        // both veth ends): it goes here, under the store's lock, live or
+        // not, or the next ADD of this end could not pin its own. After the
+        // commit a new ADD may already hold a pin of the same name.
+        dataplane.detach_tcx(&record.host_ifname)?;
     }
     records::delete_end(tx, link, side).await?;
     let mut held = records::container_ends(tx, &record.container_id).await?;
@@ -144,24 +157,16 @@ pub async fn release(
     Ok(Some(Released { record, live }))
 }
 
-/// Detaches a released live end's tcx link pin, if it had one, and names
-/// its veth for deletion (the pod end goes with it). Nothing for an end
-/// whose veth is not the one its ADD made.
-fn unhook(dataplane: Option<&Dataplane>, end: &Released) -> Result<Option<Doomed>, CniError> {
-    if !end.live {
-        return Ok(None);
-    }
-    if let Some(dataplane) = dataplane {
-        dataplane.detach_tcx(&end.record.host_ifname)?;
-    }
-    Ok(Some(Doomed { index: end.record.host_ifindex, name: end.record.host_ifname.clone() }))
+/// The veth to delete for a released end (the pod end goes with it); none
+/// for an end whose veth is not the one its ADD made.
+fn doomed(end: &Released) -> Option<Doomed> {
+    end.live.then(|| Doomed { index: end.record.host_ifindex, name: end.record.host_ifname.clone() })
 }
 
 /// Tears a released end down now, for callers that may reuse its name at
 /// once (ADD, GC, the agent). By ifindex and name: a new ADD may already have
 /// made a veth with the same name.
-pub async fn teardown(host: &Netlink, dataplane: Option<&Dataplane>, end: &Released) -> Result<(), CniError> {
-    let doomed = unhook(dataplane, end)?;
-    reap::delete_all(host, doomed.as_slice()).await?;
+pub async fn teardown(host: &Netlink, end: &Released) -> Result<(), CniError> {
+    reap::delete_all(host, doomed(end).as_slice()).await?;
     Ok(())
 }

@@ -24,6 +24,8 @@ pub mod codes {
     pub const CHECK_DRIFT: u32 = 105;
     /// GC could not remove everything it should have; `details` lists each failure.
     pub const GC_INCOMPLETE: u32 = 106;
+    /// The store lost its records while link ends are attached on this node.
+    pub const STORE_LOST: u32 = 107;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,11 @@ pub enum CniError {
     Gc(String),
     #[error("{reason}")]
     NotAvailable { limited: bool, reason: String },
+    #[error(
+        "the verb did not finish within {seconds} s (verb_timeout_seconds): something it waits on hangs \
+         (the store, a delegated plugin, or stdin left open); what it made so far is swept by DEL, GC or the next ADD"
+    )]
+    DeadlineExceeded { seconds: f64 },
 }
 
 impl CniError {
@@ -75,8 +82,10 @@ impl CniError {
             CniError::Io(_) => WireError::IOFailure(details),
             CniError::Store(error) if error.is_transient() => WireError::TryAgainLater(details),
             CniError::Store(StoreError::Refused { .. }) => WireError::InvalidNetworkConfig(details),
+            CniError::Store(StoreError::Lost { .. }) => custom(codes::STORE_LOST, "the store lost its records"),
             CniError::Store(_) => WireError::IOFailure(details),
             CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
+            CniError::Dataplane(DataplaneError::Busy { .. }) => WireError::TryAgainLater(details),
             CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
             CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
             CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),
@@ -87,6 +96,7 @@ impl CniError {
             CniError::Gc(_) => custom(codes::GC_INCOMPLETE, "garbage collection incomplete"),
             CniError::NotAvailable { limited: false, .. } => WireError::PluginNotAvailable(details),
             CniError::NotAvailable { limited: true, .. } => WireError::PluginNotAvailableLimitedConnectivity(details),
+            CniError::DeadlineExceeded { .. } => WireError::TryAgainLater(details),
         }
     }
 }

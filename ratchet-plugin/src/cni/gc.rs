@@ -53,7 +53,7 @@ pub async fn gc(config: &Config) -> Vec<String> {
             Err(e) => return vec![e.to_string()],
         };
     for end in &released {
-        if let Err(e) = del::teardown(&host, dataplane.as_ref(), end).await {
+        if let Err(e) = del::teardown(&host, end).await {
             errors.push(e.to_string());
         }
     }

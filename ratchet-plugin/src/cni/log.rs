@@ -4,7 +4,7 @@
 //! stderr, never stdout: stdout carries only the result. `log_level` picks
 //! how much (default `info` to a file, `warn` to stderr).
 
-use std::{fs::OpenOptions, sync::Mutex, time::Instant};
+use std::{sync::Mutex, time::Instant};
 
 use tracing::{Level, info, warn};
 
@@ -20,15 +20,17 @@ pub struct Verb {
 
 impl Verb {
     /// Sets up logging from the config and remembers who the verb is for.
-    pub fn start(settings: &Settings, command: &str) -> Self {
-        init(settings);
+    /// A `log_file` that cannot be a log (a FIFO, a directory) is a config
+    /// error rather than a verb that blocks or logs nowhere.
+    pub fn start(settings: &Settings, command: &str) -> Result<Self, CniError> {
+        init(settings)?;
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         let args = var("CNI_ARGS");
         let arg = |key: &str| {
             args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned()
         };
         let pod = format!("{}/{}", arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"));
-        Self { command: command.into(), container: var("CNI_CONTAINERID"), pod }
+        Ok(Self { command: command.into(), container: var("CNI_CONTAINERID"), pod })
     }
 
     pub fn finish<T>(self, started: Instant, outcome: &Result<T, CniError>) {
@@ -43,8 +45,14 @@ impl Verb {
     }
 }
 
-fn init(settings: &Settings) {
-    let file = settings.log_file.as_ref().and_then(|path| OpenOptions::new().create(true).append(true).open(path).ok());
+fn init(settings: &Settings) -> Result<(), CniError> {
+    let file = match &settings.log_file {
+        Some(path) => Some(
+            crate::files::open_log(path)
+                .map_err(|e| CniError::Config { key: "log_file".into(), reason: format!("{}: {e}", path.display()) })?,
+        ),
+        None => None,
+    };
     let default = if file.is_some() { Level::INFO } else { Level::WARN };
     let level = settings.log_level.map_or(default, Level::from);
     let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_target(false);
@@ -53,4 +61,5 @@ fn init(settings: &Settings) {
         Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+    Ok(())
 }

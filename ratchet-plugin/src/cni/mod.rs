@@ -9,6 +9,7 @@
 
 pub mod add;
 mod check;
+pub(crate) mod deadline;
 pub mod del;
 pub mod env;
 pub mod error;
@@ -31,6 +32,7 @@ use rscni_types::{
 };
 use serde::Serialize;
 
+pub use self::deadline::DEFAULT as VERB_TIMEOUT;
 use self::{env::CniEnv, error::CniError};
 use crate::config::Settings;
 
@@ -61,12 +63,15 @@ pub struct Config {
 /// Runs the verb named by `CNI_COMMAND` and returns the process's exit status.
 pub fn run(command: &str) -> ExitCode {
     let started = Instant::now();
+    deadline::arm(deadline::DEFAULT, FALLBACK_VERSION);
     let stdin = read_stdin();
     let declared = stdin.as_deref().map_or(FALLBACK_VERSION, declared_version);
+    deadline::adjust(started, deadline::DEFAULT, declared);
     let outcome = match command {
-        "VERSION" => Ok(Some(to_json(&PluginInfo::new(declared, SUPPORTED_VERSIONS.to_vec())))),
+        "VERSION" => Ok(Some(to_json(&version_info(&declared_text(stdin.as_deref().unwrap_or_default()))))),
         _ => stdin.and_then(|text| parse_config(&text)).and_then(|config| {
-            let logged = log::Verb::start(&config.settings, command);
+            deadline::adjust(started, config.settings.verb_timeout(), declared);
+            let logged = log::Verb::start(&config.settings, command)?;
             let outcome = dispatch(command, &config);
             logged.finish(started, &outcome);
             outcome
@@ -74,13 +79,11 @@ pub fn run(command: &str) -> ExitCode {
     };
     match outcome {
         Ok(output) => {
-            if let Some(json) = output {
-                print_json(&json);
-            }
+            deadline::answer(|| output.iter().for_each(print_json));
             ExitCode::SUCCESS
         }
         Err(error) => {
-            print_json(&ErrorResult::new(declared, &error.to_wire()));
+            deadline::answer(|| print_json(&ErrorResult::new(declared, &error.to_wire())));
             ExitCode::FAILURE
         }
     }
@@ -136,29 +139,72 @@ fn read_stdin() -> Result<String, CniError> {
     Ok(text)
 }
 
-/// The `cniVersion` the input declares, for echoing back (also in errors).
+/// The `cniVersion` the input declares, for echoing back (also in errors):
+/// only a version written the one way a version is written (`1.0.0`, not
+/// `1.0` or `01.0.0`), else the fallback.
 fn declared_version(text: &str) -> SpecVersion {
-    let declared = serde_json::from_str::<serde_json::Value>(text).ok();
-    let version = declared.as_ref().and_then(|v| v["cniVersion"].as_str()).and_then(|v| v.parse().ok());
-    version.unwrap_or(FALLBACK_VERSION)
+    canonical_version(&declared_text(text)).unwrap_or(FALLBACK_VERSION)
 }
 
-fn parse_config(text: &str) -> Result<Config, CniError> {
+/// A version string that is exactly `MAJOR.MINOR.PATCH` as the spec writes
+/// it; the parser underneath also takes `1`, `1.0` and leading zeros.
+fn canonical_version(text: &str) -> Option<SpecVersion> {
+    text.parse::<SpecVersion>().ok().filter(|version| version.to_string() == text)
+}
+
+/// VERSION's answer: the input's version when ratchet speaks it, else the
+/// newest one it speaks (what the reference plugins answer).
+fn version_info(declared: &str) -> PluginInfo {
+    let newest = *SUPPORTED_VERSIONS.last().expect("a version");
+    let version = canonical_version(declared).filter(|v| SUPPORTED_VERSIONS.contains(v)).unwrap_or(newest);
+    PluginInfo::new(version, SUPPORTED_VERSIONS.to_vec())
+}
+
+/// Parses a runtime's config (stdin): the spec's keys, `prevResult` and
+/// ratchet's own keys, all checked. Public for the fuzz targets.
+pub fn parse_config(text: &str) -> Result<Config, CniError> {
     let raw: serde_json::Value =
         serde_json::from_str(text).map_err(|e| CniError::Decode(format!("config on stdin: {e}")))?;
+    if !raw.is_object() {
+        return Err(CniError::Decode("config on stdin: must be a JSON object".into()));
+    }
     let netconf: NetConf =
         serde_json::from_value(raw.clone()).map_err(|e| CniError::Decode(format!("config on stdin: {e}")))?;
-    let version = netconf.version().map_err(|e| CniError::Decode(e.details().to_owned()))?;
-    if !SUPPORTED_VERSIONS.contains(&version) {
+    let declared = raw["cniVersion"].as_str().unwrap_or_default();
+    let version = canonical_version(declared).filter(|version| SUPPORTED_VERSIONS.contains(version));
+    let Some(version) = version else {
         let supported: Vec<_> = SUPPORTED_VERSIONS.iter().map(ToString::to_string).collect();
         return Err(CniError::IncompatibleVersion(format!(
-            "cniVersion {version} is not supported (supported: {})",
+            "cniVersion {declared:?} is not supported (supported, exactly as written: {})",
             supported.join(", ")
         )));
-    }
+    };
+    check_name(&raw)?;
     check_prev_result(&raw, version)?;
     let settings = Settings::from_config(&raw)?;
-    Ok(Config { netconf, raw, version, settings })
+    let config = Config { netconf, raw, version, settings };
+    modes::check_delegates(&config)?;
+    Ok(config)
+}
+
+/// The `cniVersion` string as the input wrote it (empty when absent).
+fn declared_text(text: &str) -> String {
+    let declared = serde_json::from_str::<serde_json::Value>(text).ok();
+    declared.and_then(|v| v["cniVersion"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The network's `name`: required, and made of what libcni allows
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), since runtimes key caches by it.
+fn check_name(raw: &serde_json::Value) -> Result<(), CniError> {
+    let name = raw.get("name").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !valid {
+        let given = raw.get("name").map_or_else(|| "missing".to_owned(), ToString::to_string);
+        let reason = format!("{given}: a network name is a letter or digit, then letters, digits, '_', '.' or '-'");
+        return Err(CniError::Config { key: "name".into(), reason });
+    }
+    Ok(())
 }
 
 /// A runtime converts `prevResult` to the config's version before it sends

@@ -104,6 +104,14 @@ fn merge(mut base: CNIResult, ours: CNIResult) -> CNIResult {
     base
 }
 
+/// Reads both delegate keys, so a malformed one is a config error for every
+/// verb and every pod, not only when a pod first needs it.
+pub fn check_delegates(config: &Config) -> Result<(), CniError> {
+    delegate(config, "delegate")?;
+    delegate(config, "boot_network")?;
+    Ok(())
+}
+
 fn delegate(config: &Config, role: &'static str) -> Result<Option<Delegate>, CniError> {
     let raw = match role {
         "delegate" => config.settings.delegate.as_ref(),

@@ -5,14 +5,13 @@
 //! IMMEDIATE` makes a transaction exclusive among writers, and its journal
 //! makes every commit all-or-nothing even if the process is killed mid-write.
 
-use std::{fs, os::unix::fs::DirBuilderExt, path::Path, time::Duration};
+use std::{fs, os::unix::fs::DirBuilderExt, path::Path};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Store, StoreError, Transaction};
 
-/// How long a transaction waits for another process's one to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+use super::LOCK_WAIT;
 
 /// The file name inside the state directory.
 const FILE_NAME: &str = "store.sqlite";
@@ -46,6 +45,23 @@ impl EmbeddedStore {
         )
         .map_err(|e| sql_error(&display, e))?;
         Ok(Self { conn, path: display })
+    }
+
+    /// True when the store holds no record at all: new, or deleted,
+    /// truncated or emptied since (SQLite takes an empty file, and the table
+    /// is made again above, so each of those reads as new).
+    pub fn is_blank(&self) -> Result<bool, StoreError> {
+        let any: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM kv LIMIT 1", [], |row| row.get(0))
+            .optional()
+            .map_err(|e| sql_error(&self.path, e))?;
+        Ok(any.is_none())
+    }
+
+    /// Where the store's file is.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 }
 
@@ -176,7 +192,7 @@ mod tests {
                     seen
                 })
             });
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(100));
             tx.commit().await.unwrap();
             assert_eq!(second.join().unwrap().as_deref(), Some(&b"1"[..]));
         });

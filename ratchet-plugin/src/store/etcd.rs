@@ -21,7 +21,7 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use super::{Store, StoreError, Transaction};
 
@@ -50,7 +50,7 @@ pub struct EtcdTls {
 impl EtcdTls {
     fn options(&self, endpoints: &str) -> Result<TlsOptions, StoreError> {
         let read = |path: &Path| {
-            fs::read(path).map_err(|e| StoreError::Refused {
+            crate::files::read_bounded(path, crate::files::MAX_INPUT).map_err(|e| StoreError::Refused {
                 endpoints: endpoints.into(),
                 message: format!("{}: {e}", path.display()),
             })
@@ -128,7 +128,12 @@ impl Store for EtcdStore {
         let io =
             |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
         let file = fs::File::create(&self.lock_file).map_err(io)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+        let lock = crate::files::lock_exclusive(file, super::LOCK_WAIT).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                StoreError::Busy { path: self.lock_file.display().to_string(), waited: super::LOCK_WAIT }
+            }
+            _ => io(e),
+        })?;
         Ok(EtcdTx { store: self, reads: HashMap::new(), scans: Vec::new(), writes: BTreeMap::new(), _lock: lock })
     }
 }

@@ -43,6 +43,10 @@ pub struct EndRecord {
     /// The link's VXLAN network identifier, for when its peer is elsewhere.
     #[serde(default)]
     pub vni: Option<u32>,
+    /// The pin root its map entries were written under: a DEL whose config
+    /// names another one still unwires them where they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_root: Option<std::path::PathBuf>,
 }
 
 /// A pod's sandbox that ratchet gave links to: where the agent adds or
@@ -280,4 +284,27 @@ pub async fn put_container_ends(
 ) -> Result<(), StoreError> {
     let key = format!("{CONTAINERS}{container_id}");
     if ends.is_empty() { tx.delete(&key).await } else { put_json(tx, &key, &ends).await }
+}
+
+/// Forgets every record of `node`'s ends and sandboxes (`ratchet reset`);
+/// returns how many records went.
+pub async fn forget_node(tx: &mut impl Transaction, node: &str) -> Result<usize, StoreError> {
+    let mut forgotten = 0;
+    for (link, side, record) in all_ends(tx).await? {
+        if record.node != node {
+            continue;
+        }
+        delete_end(tx, &link, side).await?;
+        let mut held = container_ends(tx, &record.container_id).await?;
+        held.retain(|end| !(end.link == link && end.side == side));
+        put_container_ends(tx, &record.container_id, &held).await?;
+        forgotten += 1;
+    }
+    for (pod, sandbox) in sandboxes(tx).await? {
+        if sandbox.node == node {
+            delete_sandbox(tx, &pod).await?;
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }

@@ -1,0 +1,123 @@
+//! Files an operator or a runtime names by path (topologies, configs, TLS
+//! material, log files), opened so that no path can hang or swamp a verb: a
+//! FIFO is opened without waiting for its other end and then refused, a
+//! device or directory is refused, and a read stops at a size cap.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read},
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// The most ratchet reads from any one input file: far above a topology of
+/// thousands of links, far below what would hurt a node.
+pub const MAX_INPUT: u64 = 16 << 20;
+
+/// Reads a whole regular file of at most `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is a {}, not a regular file", describe(kind)),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("is larger than {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Takes an exclusive `flock` on `file`, waiting at most `wait`: a process
+/// that holds a node lock forever (stopped, or stuck) must cost the verbs
+/// behind it an error they can retry, not a hang.
+pub fn lock_exclusive(file: File, wait: Duration) -> io::Result<Flock<File>> {
+    let started = Instant::now();
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::Error::EWOULDBLOCK)) if started.elapsed() < wait => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, nix::Error::EWOULDBLOCK)) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("still locked after {wait:?}")));
+            }
+            Err((_, error)) => return Err(error.into()),
+        }
+    }
+}
+
+/// [`read_bounded`] with [`MAX_INPUT`], as UTF-8 text.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_bounded(path, MAX_INPUT)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "is not UTF-8 text"))
+}
+
+/// Opens a log file for appending, creating it if needed: a regular file,
+/// or a character device such as /dev/null. A FIFO with no reader fails at
+/// once instead of blocking; one with a reader is refused like a directory
+/// or a socket, since a write to it could block the verb.
+pub fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() && !kind.is_char_device() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is a {}, not a regular file", describe(kind)),
+        ));
+    }
+    Ok(file)
+}
+
+fn describe(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_regular_file_and_caps_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for (path, says) in [(fifo.as_path(), "FIFO"), (dir.path(), "directory"), (Path::new("/dev/zero"), "character")]
+        {
+            let error = read_bounded(path, 10).unwrap_err();
+            assert!(error.to_string().contains(says), "{}: {error}", path.display());
+        }
+        assert!(open_log(&fifo).is_err(), "a FIFO with no reader fails at once");
+        assert!(open_log(dir.path()).is_err());
+        let big = dir.path().join("big");
+        std::fs::write(&big, [b'x'; 11]).unwrap();
+        assert!(read_bounded(&big, 10).unwrap_err().to_string().contains("larger than 10"));
+        assert_eq!(read_bounded(&big, 11).unwrap().len(), 11);
+    }
+}
