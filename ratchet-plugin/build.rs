@@ -3,7 +3,7 @@
 //!
 //! The eBPF crate needs `-Z build-std=core`, and the only toolchain here with
 //! the matching core source is Debian's rustc-web 1.96, registered with rustup
-//! as `debian-web` by `cargo xtask setup` (see ../shared/notes/ebpf-toolchain.md).
+//! as `debian-web` by `cargo xtask setup` (see the README's Toolchain section).
 fn main() -> aya_build::Result<()> {
     // aya-build asks for build-std only when it sees RUSTC_BOOTSTRAP=1;
     // .cargo/config.toml sets it for every build.

@@ -5,8 +5,12 @@
 //! the CRI calls kubelet makes: RunPodSandbox, CreateContainer and
 //! StartContainer, PodSandboxStatus, StopPodSandbox, RemovePodSandbox. No image
 //! can be pulled here, so it builds its sandbox (pause) and busybox images and
-//! imports them with `ctr`. Traps it works around:
-//! ../shared/notes/real-components.md.
+//! imports them with `ctr`. Traps it works around: runc needs
+//! `restrict_oom_score_adj = true` (root lacks CAP_SYS_RESOURCE on these VMs;
+//! without it runc fails with "can't get final child's PID from pipe");
+//! containerd 1.6 takes one CNI `bin_dir`, so it is a folder of symlinks to
+//! the reference plugins (loopback included) plus ratchet; and DEL comes twice,
+//! the second time with an empty `CNI_NETNS` and no prevResult.
 //!
 //! The CRI client is the `k8s-cri` crate over tonic: the plugin already builds
 //! tonic and prost for etcd-client, so it costs only its generated code (about

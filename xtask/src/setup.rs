@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what building and running ratchet needs,
 //! checking each piece first, so a second run changes nothing.
 //!
-//! The recipe is ../shared/notes/ebpf-toolchain.md: Debian's rustc-web (whose
+//! The recipe (README, Toolchain): Debian's rustc-web (whose
 //! core source matches its compiler) builds the eBPF crate, registered with
 //! rustup as `debian-web`; bpf-linker 0.13.0 links it against the same LLVM 22.
 
