@@ -43,24 +43,8 @@ fn all_at_once(node: &Node, pods: &[Pod], cycle: usize, verb: &str) {
 
 /// The largest RSS any finished child of this process had, in KiB.
 fn children_peak_rss_kib() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc_rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    unsafe { getrusage(-1, usage.as_mut_ptr()) };
-    // SAFETY: zeroed and then filled by the kernel.
-    unsafe { usage.assume_init() }.ru_maxrss
-}
-
-/// `struct rusage` up to `ru_maxrss`, then room for the rest.
-#[repr(C)]
-struct libc_rusage {
-    ru_utime: [i64; 2],
-    ru_stime: [i64; 2],
-    ru_maxrss: i64,
-    rest: [i64; 13],
-}
-
-unsafe extern "C" {
-    fn getrusage(who: i32, usage: *mut libc_rusage) -> i32;
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage").max_rss()
 }
 
 #[test]

@@ -55,16 +55,11 @@ fn the_state_and_the_pins_are_root_only_whatever_the_umask() {
 /// Runs `f` with the test process's umask set to `mask` (the plugin
 /// inherits it), then puts it back.
 fn nix_umask_scope<T>(mask: u32, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask only swaps the process's file mode mask.
-    let before = unsafe { libc_umask(mask) };
+    use nix::sys::stat::{Mode, umask};
+    let before = umask(Mode::from_bits_truncate(mask));
     let out = f();
-    unsafe { libc_umask(before) };
+    umask(before);
     out
-}
-
-unsafe extern "C" {
-    #[link_name = "umask"]
-    fn libc_umask(mask: u32) -> u32;
 }
 
 #[test]
