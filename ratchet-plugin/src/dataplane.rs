@@ -74,6 +74,10 @@ pub enum DataplaneError {
     Full { what: String, map: &'static str },
     #[error("attaching to {ifname}: {source}")]
     Attach { ifname: String, source: TcError },
+    /// A name in `ratchet_common` the embedded object does not define: the
+    /// two sides of the build disagree (the unit test below catches it).
+    #[error("the eBPF object has no program or map named {name}")]
+    NotInObject { name: &'static str },
 }
 
 /// The pinned program and maps of one node. The programs are opened through
@@ -113,7 +117,11 @@ impl Dataplane {
             return Ok(dataplane);
         }
         load_and_pin(root)?;
-        Ok(Self::open(root)?.expect("pins were just made"))
+        // Another process may unload between our pinning and this open.
+        Self::open(root)?.ok_or_else(|| DataplaneError::PinRoot {
+            path: root.display().to_string(),
+            source: io::Error::new(io::ErrorKind::NotFound, "the pins just made are gone again"),
+        })
     }
 
     /// Opens the node's pins; `None` when nothing is loaded on this node.
@@ -530,7 +538,7 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
     for (name, pin) in [(PROG_TO_PEER, PIN_PROG), (PROG_FROM_TUNNEL, PIN_PROG_TUNNEL)] {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
-            .expect("the object has the program")
+            .ok_or(DataplaneError::NotInObject { name })?
             .try_into()
             .map_err(|source| DataplaneError::Program { what: name.into(), source })?;
         program.load().map_err(|source| DataplaneError::Program { what: format!("load {name}"), source })?;
@@ -539,7 +547,27 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
     let maps =
         [(MAP_PEERS, PIN_PEERS), (MAP_TUNNELS, PIN_TUNNELS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
     for (map, pin) in maps {
-        ebpf.map(map).expect("the object has the map").pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
+        let found = ebpf.map(map).ok_or(DataplaneError::NotInObject { name: map })?;
+        found.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program and map name the plugin opens is one the embedded
+    /// object defines: the names are constants in `ratchet-common`, used
+    /// by both sides, and this load (as root, maps only) proves they agree.
+    #[test]
+    fn the_object_defines_every_name_the_plugin_uses() {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).expect("the object loads (run as root)");
+        for program in [PROG_TO_PEER, PROG_FROM_TUNNEL] {
+            assert!(ebpf.program_mut(program).is_some(), "no program {program}");
+        }
+        for map in [MAP_PEERS, MAP_TUNNELS, MAP_STATS, MAP_SWITCHES] {
+            assert!(ebpf.map(map).is_some(), "no map {map}");
+        }
+    }
 }

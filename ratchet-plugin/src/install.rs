@@ -66,7 +66,8 @@ fn place(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     }
     let dir = path.parent().context("a path with a directory")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let staging = dir.join(format!(".{}.ratchet-install", path.file_name().expect("a file name").to_string_lossy()));
+    let name = path.file_name().with_context(|| format!("{} does not end in a file name", path.display()))?;
+    let staging = dir.join(format!(".{}.ratchet-install", name.to_string_lossy()));
     fs::write(&staging, bytes).with_context(|| format!("writing {}", staging.display()))?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(mode))?;
     fs::rename(&staging, path).with_context(|| format!("moving {} into place", path.display()))?;
