@@ -28,7 +28,8 @@ pub const MAP_STATS: &str = "RATCHET_STATS";
 /// switches ([`Switches`]) that user space flips without reloading.
 pub const MAP_SWITCHES: &str = ".bss";
 
-/// How many link ends one node can hold; both maps are sized by it.
+/// How many link ends one node can hold; the peers, stats and VNI maps are
+/// each sized by it.
 pub const MAX_ENDS: u32 = 16384;
 
 /// [`Peer::flags`]: the peer is on another node, behind the VXLAN device.

@@ -9,11 +9,9 @@
 //! verbs never know which backend they talk to: [`open`] picks one from the
 //! config.
 //!
-//! Key layout (all under `/ratchet/`):
-//! - `topology/links/<link id>`: the link as the topology gives it;
-//! - `topology/pods/<namespace>/<pod>`: the ids of that pod's links;
-//! - `ends/<link id>/<a|b>`: the attachment of one link end ([`records::EndRecord`]);
-//! - `containers/<container id>`: the link ends that container attached.
+//! The key layout (all under `/ratchet/`: topology, ends, containers,
+//! sandboxes, nodes, liveness, VNIs) is [`records`]' alone; this module only
+//! knows the prefix everything lives under ([`records::ROOT`]).
 
 mod embedded;
 mod etcd;
@@ -123,7 +121,7 @@ impl AnyStore {
     pub async fn watch(&mut self) -> Result<Option<etcd_client::WatchStream>, StoreError> {
         match self {
             AnyStore::Embedded(_) => Ok(None),
-            AnyStore::Etcd(store) => store.watch("/ratchet/").await.map(Some),
+            AnyStore::Etcd(store) => store.watch(records::ROOT).await.map(Some),
         }
     }
 

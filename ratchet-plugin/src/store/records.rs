@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use super::{StoreError, Transaction};
 use crate::topology::{IfName, Link, PodRef, Side, Topology};
 
+/// Every key ratchet writes starts with this.
+pub const ROOT: &str = "/ratchet/";
 const LINKS: &str = "/ratchet/topology/links/";
 const PODS: &str = "/ratchet/topology/pods/";
 const TOPOLOGY: &str = "/ratchet/topology/";
