@@ -5,6 +5,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -42,6 +43,18 @@ enum Task {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Fuzz the plugin's input parsers (the config on stdin, the CNI_*
+    /// environment, topology files, prevResult) with libFuzzer, one target
+    /// after another; fails on a crash, panic or hang. Not run by CI: it
+    /// takes minutes per target to be worth anything.
+    Fuzz {
+        /// One target alone; all of them by default.
+        #[arg(long, value_parser = fuzz::TARGETS)]
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Set up, build, run clippy and the whole test suite (as root).
     Test {
         /// Passed to `cargo test` as given, `--` included, e.g.
@@ -58,6 +71,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => build_ebpf::run().map(drop),
         Task::Demo => demo::run(),
         Task::Bench { quick, out } => bench::run(quick, &out),
+        Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         // clap drops the first `--`; cargo test needs it to tell its own
         // arguments from the test binaries', so take them as typed.
         Task::Test { .. } => test::run(&test::raw_args()),
