@@ -837,3 +837,26 @@ macro_rules! on_each_store {
         }
     )*};
 }
+
+/// For each CNI version ratchet speaks, a module (`v0_3_0` ... `v1_1_0`)
+/// with one `#[test]` per named function, called as `f(version, index)`:
+/// `index` (0 to 4) tells the versions apart, e.g. to give each its own
+/// subnet, since the five run in parallel.
+#[macro_export]
+macro_rules! per_version {
+    ($($test:ident),* $(,)?) => {
+        $crate::per_version!(@versions [$($test),*]
+            v0_3_0 "0.3.0" 0, v0_3_1 "0.3.1" 1, v0_4_0 "0.4.0" 2, v1_0_0 "1.0.0" 3, v1_1_0 "1.1.0" 4);
+    };
+    (@versions $tests:tt $($module:ident $version:literal $index:literal),*) => {$(
+        mod $module {
+            $crate::per_version!(@tests $tests $version $index);
+        }
+    )*};
+    (@tests [$($test:ident),*] $version:literal $index:literal) => {$(
+        #[test]
+        fn $test() {
+            super::$test($version, $index);
+        }
+    )*};
+}

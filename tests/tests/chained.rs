@@ -95,18 +95,7 @@ fn chained_after_bridge(version: &str, subnet: u8) {
     assert!(bridge.ports().is_empty() && ipam.allocated(NETWORK).is_empty());
 }
 
-macro_rules! per_version {
-    ($($module:ident => $version:literal, $subnet:literal);* $(;)?) => {$(
-        mod $module {
-            #[test]
-            fn chained_after_bridge() {
-                super::chained_after_bridge($version, $subnet);
-            }
-        }
-    )*};
-}
-
-per_version!(v0_3_0 => "0.3.0", 0; v0_3_1 => "0.3.1", 1; v0_4_0 => "0.4.0", 2; v1_0_0 => "1.0.0", 3; v1_1_0 => "1.1.0", 4);
+ratchet_tests::per_version!(chained_after_bridge);
 
 /// A prevResult with every part a result can have, in `version`'s layout.
 fn rich_prev_result(version: &str, pod: &Pod) -> Value {

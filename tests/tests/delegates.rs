@@ -160,23 +160,7 @@ fn boot_network_serves_linked_pods(version: &str, subnet: u8) {
     assert!(host_link_gone(&host_ifname(&l1, Side::B)));
 }
 
-macro_rules! per_version {
-    ($($module:ident => $version:literal, $subnet:literal);* $(;)?) => {$(
-        mod $module {
-            #[test]
-            fn delegate_serves_a_pod_without_links() {
-                super::delegate_serves_a_pod_without_links($version, $subnet);
-            }
-
-            #[test]
-            fn boot_network_serves_linked_pods() {
-                super::boot_network_serves_linked_pods($version, $subnet);
-            }
-        }
-    )*};
-}
-
-per_version!(v0_3_0 => "0.3.0", 0; v0_3_1 => "0.3.1", 1; v0_4_0 => "0.4.0", 2; v1_0_0 => "1.0.0", 3; v1_1_0 => "1.1.0", 4);
+ratchet_tests::per_version!(delegate_serves_a_pod_without_links, boot_network_serves_linked_pods);
 
 #[test]
 fn ptp_as_boot_network() {

@@ -68,7 +68,7 @@ fn assert_check(node: &Node, pod: &Pod, version: &str, cached: &Value) {
     }
 }
 
-fn add_check_del(version: &str) {
+fn add_check_del(version: &str, _: u8) {
     let node = Node::new();
     let (alpha, beta, l1) = pair(&node);
     let config = node.config_for(version);
@@ -112,7 +112,7 @@ fn mode_configs(node: &Node, version: &str) -> Vec<(&'static str, Value)> {
     vec![("alone", alone), ("chained", chained), ("standalone", standalone)]
 }
 
-fn version_lists_all_five(version: &str) {
+fn version_lists_all_five(version: &str, _: u8) {
     let node = Node::new();
     let bare = json!({ "cniVersion": version });
     for (mode, config) in [("bare", bare)].into_iter().chain(mode_configs(&node, version)) {
@@ -124,7 +124,7 @@ fn version_lists_all_five(version: &str) {
 
 /// STATUS and GC exist from 1.1.0; an older config is refused with code 1
 /// and GC removes nothing.
-fn status_and_gc(version: &str) {
+fn status_and_gc(version: &str, _: u8) {
     let node = Node::new();
     let (alpha, _beta, l1) = pair(&node);
     let config = node.config_for(version);
@@ -155,25 +155,4 @@ fn status_and_gc(version: &str) {
     }
 }
 
-macro_rules! per_version {
-    ($($module:ident => $version:literal),* $(,)?) => {$(
-        mod $module {
-            #[test]
-            fn add_check_del() {
-                super::add_check_del($version);
-            }
-
-            #[test]
-            fn version_lists_all_five() {
-                super::version_lists_all_five($version);
-            }
-
-            #[test]
-            fn status_and_gc() {
-                super::status_and_gc($version);
-            }
-        }
-    )*};
-}
-
-per_version!(v0_3_0 => "0.3.0", v0_3_1 => "0.3.1", v0_4_0 => "0.4.0", v1_0_0 => "1.0.0", v1_1_0 => "1.1.0");
+ratchet_tests::per_version!(add_check_del, version_lists_all_five, status_and_gc);
