@@ -158,6 +158,9 @@ pub fn run() -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Install { .. } | Command::Uninstall { .. }) {
         crate::keep_files_private();
     }
+    if !matches!(cli.command, Command::Agent { .. } | Command::Trace) {
+        exit_after(crate::cni::VERB_TIMEOUT);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
@@ -213,6 +216,17 @@ pub fn run() -> anyhow::Result<()> {
             Ok(crate::reap::delete_all(&host, &veths).await?)
         }),
     }
+}
+
+/// A one-shot command (everything but `agent` and `trace`, which run until
+/// stopped) gives up after `deadline`, as a verb does: whatever it waits on,
+/// a script or an operator gets an answer.
+fn exit_after(deadline: std::time::Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("ratchet: gave up after {deadline:?}: something it waits on (the store, etcd) hangs");
+        std::process::exit(1);
+    });
 }
 
 fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
