@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 19] = [
+const APT_PACKAGES: [&str; 20] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -47,6 +47,8 @@ const APT_PACKAGES: [&str; 19] = [
     "busybox-static",
     "gcc",
     "libc6-dev",
+    // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer (C++).
+    "g++",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
