@@ -8,7 +8,7 @@ use std::{
     io::{self, Read},
     os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::fcntl::{Flock, FlockArg};
@@ -37,22 +37,23 @@ pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 
 /// Takes an exclusive `flock` on `file`, waiting at most `wait`: a process
 /// that holds a node lock forever (stopped, or stuck) must cost the verbs
-/// behind it an error they can retry, not a hang.
+/// behind it an error they can retry, not a hang. Uncontended, it is one
+/// syscall; contended, the kernel's blocking wait (which wakes the next
+/// waiter as soon as the lock is free) runs on a helper thread. A lock that
+/// thread takes after we stopped waiting goes at once: its channel is gone.
 pub fn lock_exclusive(file: File, wait: Duration) -> io::Result<Flock<File>> {
-    let started = Instant::now();
-    let mut file = file;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
-            Err((back, nix::Error::EWOULDBLOCK)) if started.elapsed() < wait => {
-                file = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((_, nix::Error::EWOULDBLOCK)) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("still locked after {wait:?}")));
-            }
-            Err((_, error)) => return Err(error.into()),
-        }
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(lock),
+        Err((file, nix::Error::EWOULDBLOCK)) => file,
+        Err((_, error)) => return Err(error.into()),
+    };
+    let (taken, lock) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = taken.send(Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, error)| error));
+    });
+    match lock.recv_timeout(wait) {
+        Ok(taken) => taken.map_err(io::Error::from),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("still locked after {wait:?}"))),
     }
 }
 
@@ -119,5 +120,21 @@ mod tests {
         std::fs::write(&big, [b'x'; 11]).unwrap();
         assert!(read_bounded(&big, 10).unwrap_err().to_string().contains("larger than 10"));
         assert_eq!(read_bounded(&big, 11).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn a_lock_held_elsewhere_is_waited_for_a_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let open = || File::create(&path).unwrap();
+        let held = lock_exclusive(open(), Duration::ZERO).unwrap();
+        let refused = lock_exclusive(open(), Duration::from_millis(50)).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::TimedOut);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        lock_exclusive(open(), Duration::from_secs(5)).expect("taken once the holder lets go");
+        release.join().unwrap();
     }
 }
