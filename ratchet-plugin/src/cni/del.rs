@@ -150,10 +150,7 @@ pub async fn release(
         // commit a new ADD may already hold a pin of the same name.
         dataplane.detach_tcx(&record.host_ifname)?;
     }
-    records::delete_end(tx, link, side).await?;
-    let mut held = records::container_ends(tx, &record.container_id).await?;
-    held.retain(|end| !(end.link == link && end.side == side));
-    records::put_container_ends(tx, &record.container_id, &held).await?;
+    records::forget_end(tx, link, side, &record.container_id).await?;
     Ok(Some(Released { record, live }))
 }
 

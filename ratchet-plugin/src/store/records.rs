@@ -270,12 +270,25 @@ pub async fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: 
     put_json(tx, &end_key(link, side), record).await
 }
 
-pub async fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<(), StoreError> {
+async fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<(), StoreError> {
     tx.delete(&end_key(link, side)).await
 }
 
 pub async fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Result<Vec<EndRef>, StoreError> {
     Ok(get_json(tx, &format!("{CONTAINERS}{container_id}")).await?.unwrap_or_default())
+}
+
+/// Forgets one attached end: its record, and its place in its container's list.
+pub async fn forget_end(
+    tx: &mut impl Transaction,
+    link: &str,
+    side: Side,
+    container_id: &str,
+) -> Result<(), StoreError> {
+    delete_end(tx, link, side).await?;
+    let mut held = container_ends(tx, container_id).await?;
+    held.retain(|end| !(end.link == link && end.side == side));
+    put_container_ends(tx, container_id, &held).await
 }
 
 /// Records the ends a container holds; an empty list removes the record.
@@ -296,10 +309,7 @@ pub async fn forget_node(tx: &mut impl Transaction, node: &str) -> Result<usize,
         if record.node != node {
             continue;
         }
-        delete_end(tx, &link, side).await?;
-        let mut held = container_ends(tx, &record.container_id).await?;
-        held.retain(|end| !(end.link == link && end.side == side));
-        put_container_ends(tx, &record.container_id, &held).await?;
+        forget_end(tx, &link, side, &record.container_id).await?;
         forgotten += 1;
     }
     for (pod, sandbox) in sandboxes(tx).await? {
