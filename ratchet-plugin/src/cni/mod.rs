@@ -65,10 +65,13 @@ pub fn run(command: &str) -> ExitCode {
     let started = Instant::now();
     deadline::arm(deadline::DEFAULT, FALLBACK_VERSION);
     let stdin = read_stdin();
-    let declared = stdin.as_deref().map_or(FALLBACK_VERSION, declared_version);
+    // The version as written, read once: VERSION answers from it, errors
+    // echo it when it is a version.
+    let written = stdin.as_deref().map(declared_text).unwrap_or_default();
+    let declared = canonical_version(&written).unwrap_or(FALLBACK_VERSION);
     deadline::adjust(started, deadline::DEFAULT, declared);
     let outcome = match command {
-        "VERSION" => Ok(Some(to_json(&version_info(&declared_text(stdin.as_deref().unwrap_or_default()))))),
+        "VERSION" => Ok(Some(to_json(&version_info(&written)))),
         _ => stdin.and_then(|text| parse_config(&text)).and_then(|config| {
             deadline::adjust(started, config.settings.verb_timeout(), declared);
             let logged = log::Verb::start(&config.settings, command)?;
@@ -137,13 +140,6 @@ fn read_stdin() -> Result<String, CniError> {
         return Err(CniError::Io(format!("config on stdin is larger than {MAX_STDIN} bytes")));
     }
     Ok(text)
-}
-
-/// The `cniVersion` the input declares, for echoing back (also in errors):
-/// only a version written the one way a version is written (`1.0.0`, not
-/// `1.0` or `01.0.0`), else the fallback.
-fn declared_version(text: &str) -> SpecVersion {
-    canonical_version(&declared_text(text)).unwrap_or(FALLBACK_VERSION)
 }
 
 /// A version string that is exactly `MAJOR.MINOR.PATCH` as the spec writes
@@ -298,7 +294,7 @@ mod tests {
     /// What `run` prints for input it cannot use: a CNI error with a code
     /// and a message, in the version the input asked for (or 1.0.0).
     fn assert_config_or_cni_error(text: &str) -> Result<(), TestCaseError> {
-        let declared = declared_version(text);
+        let declared = canonical_version(&declared_text(text)).unwrap_or(FALLBACK_VERSION);
         if let Err(error) = parse_config(text) {
             let wire = to_json(&ErrorResult::new(declared, &error.to_wire()));
             prop_assert!(wire["code"].as_u64().is_some(), "no code in {wire}");
