@@ -277,7 +277,7 @@ async fn sync_running_pods(
                 unlinked.extend(del::release(tx, host, Some(dataplane), fabric, &end.link, end.side, holder).await?);
             }
         }
-        let in_pod = Netlink::in_netns(&sandbox.netns)?;
+        let in_pod = Netlink::in_netns(&crate::netlink::open_netns(&sandbox.netns)?, &sandbox.netns)?;
         for (link, side) in wanted {
             if held.iter().any(|end| end.link == link.id() && end.side == side) {
                 apply_link_settings(settings, host, &in_pod, tx, link, side).await?;

@@ -107,22 +107,24 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// A handle whose socket lives in the netns at `path`.
-    pub fn in_netns(path: &str) -> Result<Self, NetlinkError> {
-        let netns_error = |source| NetlinkError::Netns { path: path.into(), source };
-        let netns = open_netns(path)?;
+    /// A handle whose socket lives in `netns` (from [`open_netns`], whose
+    /// path `path` is, for errors): the caller opens a pod's netns once.
+    pub fn in_netns(netns: &File, path: &str) -> Result<Self, NetlinkError> {
         let runtime = tokio::runtime::Handle::current();
-        let opened = std::thread::spawn(move || {
-            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            // The socket registers with the caller's reactor, which drives it.
-            let _entered = runtime.enter();
-            let (conn, handle, _) = rtnetlink::new_connection()?;
-            runtime.spawn(conn);
-            Ok::<_, std::io::Error>(handle)
-        })
-        .join()
-        .expect("the netns thread does not panic");
-        Ok(Self { handle: opened.map_err(netns_error)? })
+        let opened = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                    // The socket registers with the caller's reactor, which drives it.
+                    let _entered = runtime.enter();
+                    let (conn, handle, _) = rtnetlink::new_connection()?;
+                    runtime.spawn(conn);
+                    Ok::<_, std::io::Error>(handle)
+                })
+                .join()
+                .expect("the netns thread does not panic")
+        });
+        Ok(Self { handle: opened.map_err(|source| NetlinkError::Netns { path: path.into(), source })? })
     }
 
     /// Looks an interface up by name; `None` when there is none.

@@ -52,7 +52,7 @@ pub async fn add(
     let netns = open_netns(&env.netns)?;
     let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
     let host = Netlink::host()?;
-    let in_pod = Netlink::in_netns(&env.netns)?;
+    let in_pod = Netlink::in_netns(&netns, &env.netns)?;
     if owns_cni_ifname && in_pod.link_by_name(&env.ifname).await?.is_some() {
         return Err(CniError::IfNameTaken { ifname: env.ifname.clone(), netns: env.netns.clone() });
     }
@@ -125,7 +125,7 @@ pub async fn attach_live(
         path: Vec::new(),
     };
     let netns = open_netns(&env.netns)?;
-    let in_pod = Netlink::in_netns(&env.netns)?;
+    let in_pod = Netlink::in_netns(&netns, &env.netns)?;
     let mut attach = Attach {
         env: &env,
         settings,
@@ -218,8 +218,10 @@ impl Attach<'_> {
             reap::delete_all(self.host, &orphan).await?;
         }
         // A tcx link pin of this name with no veth (its netns went, then a
-        // killed verb) would make the attach below fail with EEXIST.
-        self.dataplane.detach_tcx(&host_ifname)?;
+        // killed verb) would make the tcx attach below fail with EEXIST.
+        if self.settings.attach == AttachMode::Tcx {
+            self.dataplane.detach_tcx(&host_ifname)?;
+        }
         if self.in_pod.link_by_name(ifname).await?.is_some() {
             return Err(CniError::IfNameTaken { ifname: ifname.into(), netns: self.env.netns.clone() });
         }

@@ -48,8 +48,8 @@ pub async fn check(config: &Config, env: &CniEnv) -> Result<Vec<EndRecord>, CniE
     let drift = |what: String| CniError::CheckDrift(what);
     let dataplane = Dataplane::open(&settings.pin_root)?
         .ok_or_else(|| drift(format!("no program is pinned under {}", settings.pin_root.display())))?;
-    check_netns(env, &attached[0].record)?;
-    let in_pod = Netlink::in_netns(&env.netns)?;
+    let netns = open_netns_of(env, &attached[0].record)?;
+    let in_pod = Netlink::in_netns(&netns, &env.netns)?;
     for end in &attached {
         check_pod_end(&in_pod, &config.settings, end).await?;
         check_host_end(&host, &dataplane, settings.attach, &end.record).await?;
@@ -115,13 +115,13 @@ async fn why_nothing_held(
     )))
 }
 
-/// CHECK must look at the netns ADD attached to: the same path, or another
-/// path to the same namespace.
-fn check_netns(env: &CniEnv, record: &EndRecord) -> Result<(), CniError> {
+/// Opens `CNI_NETNS`, which must be the netns ADD attached to: the same
+/// path, or another path to the same namespace.
+fn open_netns_of(env: &CniEnv, record: &EndRecord) -> Result<std::fs::File, CniError> {
     let opened = crate::netlink::open_netns(&env.netns)
         .map_err(|e| CniError::Env { var: "CNI_NETNS", reason: e.to_string() })?;
     if env.netns == record.netns {
-        return Ok(());
+        return Ok(opened);
     }
     let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
         use std::os::unix::fs::MetadataExt;
@@ -129,7 +129,7 @@ fn check_netns(env: &CniEnv, record: &EndRecord) -> Result<(), CniError> {
     };
     let recorded = std::fs::metadata(&record.netns);
     match (opened.metadata(), recorded) {
-        (Ok(a), Ok(b)) if same(&a, &b) => Ok(()),
+        (Ok(a), Ok(b)) if same(&a, &b) => Ok(opened),
         _ => Err(CniError::CheckDrift(format!(
             "CNI_NETNS {} is not the netns ADD attached this container to ({})",
             env.netns, record.netns
