@@ -18,8 +18,9 @@ pub const PROG_FROM_TUNNEL: &str = "ratchet_from_vx";
 /// Host ifindex -> [`Peer`]: where frames entering that host veth go.
 pub const MAP_PEERS: &str = "RATCHET_PEERS";
 
-/// VNI -> [`Local`]: the host veth of this node's end of that cross-node link.
-pub const MAP_TUNNELS: &str = "RATCHET_VNIS";
+/// VNI -> [`VniEnd`]: this node's end of that cross-node link. One name
+/// everywhere: this map, its pin (`vnis`) and its value type.
+pub const MAP_VNIS: &str = "RATCHET_VNIS";
 
 /// Host ifindex -> [`EndStats`], per CPU: what each link end forwarded and dropped.
 pub const MAP_STATS: &str = "RATCHET_STATS";
@@ -28,8 +29,8 @@ pub const MAP_STATS: &str = "RATCHET_STATS";
 /// switches ([`Switches`]) that user space flips without reloading.
 pub const MAP_SWITCHES: &str = ".bss";
 
-/// How many link ends one node can hold; the peers, stats and VNI maps are
-/// each sized by it.
+/// How many link ends one node can hold; the peers, stats and VNI maps (all
+/// three hash maps) are each sized by it.
 pub const MAX_ENDS: u32 = 16384;
 
 /// [`Peer::flags`]: the peer is on another node, behind the VXLAN device.
@@ -51,10 +52,10 @@ pub struct Peer {
     pub flags: u32,
 }
 
-/// This node's end of a cross-node link.
+/// This node's end of a cross-node link: where the VNI's frames go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Local {
+pub struct VniEnd {
     /// The end's host veth: decapsulated frames go into the pod behind it.
     pub ifindex: u32,
     /// The peer's node, the only underlay source accepted for this VNI, in
@@ -97,12 +98,12 @@ pub struct Switches {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::Peer {}
-    unsafe impl aya::Pod for super::Local {}
+    unsafe impl aya::Pod for super::VniEnd {}
     unsafe impl aya::Pod for super::EndStats {}
     unsafe impl aya::Pod for super::Switches {}
 }
 
 const _: () = assert!(core::mem::size_of::<Peer>() == 16);
-const _: () = assert!(core::mem::size_of::<Local>() == 8);
+const _: () = assert!(core::mem::size_of::<VniEnd>() == 8);
 const _: () = assert!(core::mem::size_of::<EndStats>() == 24);
 const _: () = assert!(core::mem::size_of::<Switches>() == 4);

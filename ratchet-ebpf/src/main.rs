@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use ratchet_common::{EndStats, Local, MAX_ENDS, PEER_REMOTE, Peer, Switches};
+use ratchet_common::{EndStats, MAX_ENDS, PEER_REMOTE, Peer, Switches, VniEnd};
 
 #[btf_map]
 static RATCHET_PEERS: HashMap<u32, Peer, { MAX_ENDS as usize }> = HashMap::new();
@@ -30,7 +30,7 @@ static RATCHET_PEERS: HashMap<u32, Peer, { MAX_ENDS as usize }> = HashMap::new()
 static RATCHET_STATS: PerCpuHashMap<u32, EndStats, { MAX_ENDS as usize }> = PerCpuHashMap::new();
 
 #[btf_map]
-static RATCHET_VNIS: HashMap<u32, Local, { MAX_ENDS as usize }> = HashMap::new();
+static RATCHET_VNIS: HashMap<u32, VniEnd, { MAX_ENDS as usize }> = HashMap::new();
 
 /// `skb->pkt_type` values (linux/if_packet.h).
 const PACKET_HOST: u32 = 0;

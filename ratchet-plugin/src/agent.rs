@@ -8,21 +8,20 @@
 //! entries this node needs, and writes or removes the difference. The
 //! datapath never depends on it: links keep forwarding while it is down.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
 use ratchet_common::EndStats;
 use tracing::{info, warn};
 
 use crate::{
-    cni::{add, del, error::CniError},
     config::Settings,
     dataplane::Dataplane,
+    ends::{self, Ends, EndsByLink, EndsError, failpoint},
     netlink::{self, Netlink},
-    node,
     pairing::{self, Entry},
-    store::{self, AnyStore, Store, Transaction, records},
-    topology::{Link, Side},
+    store::{AnyStore, Store, Transaction, records},
+    topology::Side,
 };
 
 /// One per-end counter: its metric name part, its help, how to read it.
@@ -31,7 +30,9 @@ type Counter = (&'static str, &'static str, fn(&EndStats) -> u64);
 /// What one round changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Round {
+    /// Map entries written.
     pub written: usize,
+    /// Map entries removed.
     pub removed: usize,
     /// Ends of this node whose pod is gone (no DEL came), forgotten.
     pub forgotten: usize,
@@ -121,10 +122,11 @@ pub struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    pub async fn start(settings: &'a Settings) -> Result<Self, CniError> {
+    /// Opens the store and the host's netlink socket, held for every round.
+    pub async fn start(settings: &'a Settings) -> Result<Self, EndsError> {
         Ok(Self {
             settings,
-            store: store::open(settings).await?,
+            store: ends::open_store(settings).await?,
             host: Netlink::host()?,
             synced_rev: None,
             renewed: None,
@@ -149,7 +151,7 @@ impl<'a> Agent<'a> {
 
     /// Links by state (cluster-wide, from the store) and this node's ends'
     /// counters, in the Prometheus text format.
-    pub async fn metrics(&mut self) -> Result<String, CniError> {
+    pub async fn metrics(&mut self) -> Result<String, EndsError> {
         let mut tx = self.store.begin().await?;
         let by_link = records::links_with_ends(&mut tx).await?;
         drop(tx);
@@ -188,7 +190,7 @@ impl<'a> Agent<'a> {
     }
 
     /// Renews the node's lease a few times per lease period.
-    async fn renew_lease(&mut self) -> Result<(), CniError> {
+    async fn renew_lease(&mut self) -> Result<(), EndsError> {
         let ttl = Duration::from_secs(self.settings.node_lease_seconds);
         if self.renewed.is_some_and(|at| at.elapsed() < ttl / 3) {
             return Ok(());
@@ -198,155 +200,68 @@ impl<'a> Agent<'a> {
         Ok(())
     }
 
-    /// One reconcile round.
-    pub async fn round(&mut self) -> Result<Round, CniError> {
+    /// One reconcile round, in one transaction.
+    pub async fn round(&mut self) -> Result<Round, EndsError> {
         self.renew_lease().await?;
         let settings = self.settings;
-        let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
         let mut tx = self.store.begin().await?;
-        let fabric = node::join(&mut tx, settings, &self.host, &mut dataplane).await?;
+        let mut ends = Ends::for_attach(&mut tx, settings, self.host.clone()).await?;
         let rev = records::topology_rev(&mut tx).await?;
         let mut unlinked = Vec::new();
         if self.synced_rev != Some(rev) {
-            unlinked = sync_running_pods(settings, &self.host, &mut tx, &mut dataplane, &fabric).await?;
+            unlinked = ends.sync_running_pods(&mut tx).await?;
         }
-        let mut by_link: HashMap<String, [Option<records::EndRecord>; 2]> = HashMap::new();
-        let mut dead = Vec::new();
-        for (link, side, end) in records::all_ends(&mut tx).await? {
-            // An end of this node whose veth is gone: its pod went without a
-            // DEL. It is forgotten, and nothing is wired to it.
-            if end.node == fabric.node && netlink::ifindex_of(&end.host_ifname)? != Some(end.host_ifindex) {
-                dead.push((link, side));
-            } else {
-                by_link.entry(link).or_default()[side.index()] = Some(end);
-            }
-        }
+        let (mut by_link, dead) = ends_by_link(&mut tx, &ends.fabric().node).await?;
         let mut round = Round::default();
-        restore_programs(settings, &self.host, &mut tx, &mut dataplane, &fabric, &mut by_link).await?;
+        ends.restore_programs(&mut tx, &mut by_link).await?;
         for (link, side) in dead {
-            let released = del::release(&mut tx, &self.host, Some(&mut dataplane), &fabric, &link, side, None).await?;
-            round.forgotten += usize::from(released.is_some());
+            round.forgotten += usize::from(ends.release(&mut tx, &link, side, None).await?.is_some());
         }
-        let wanted: Vec<Entry> = by_link.values().flat_map(|ends| pairing::forwarding(ends, &fabric)).collect();
-        let actual = dataplane.entries()?;
-        for entry in actual.iter().filter(|entry| !wanted.contains(entry)) {
-            // A slot that gets a new value is overwritten below instead.
-            if !wanted.iter().any(|w| w.same_slot(entry)) {
-                dataplane.remove(entry)?;
-                round.removed += 1;
-            }
-        }
-        failpoint!("agent::entries-removed");
-        for entry in wanted.iter().filter(|entry| !actual.contains(entry)) {
-            dataplane.apply(entry)?;
-            round.written += 1;
+        let wanted: Vec<Entry> =
+            by_link.values().flat_map(|ends_of| pairing::forwarding(ends_of, ends.fabric())).collect();
+        if let Some(dataplane) = ends.dataplane() {
+            reconcile(dataplane, &wanted, &mut round)?;
         }
         failpoint!("agent::before-commit");
         tx.commit().await?;
         self.synced_rev = Some(rev);
         for end in &unlinked {
-            del::teardown(&self.host, end).await?;
+            ends.teardown(end).await?;
         }
         Ok(round)
     }
 }
 
-/// Brings every running pod on this node in line with the topology: ends of
-/// links it gained are made, ends of links it lost are released (returned,
-/// to tear down once committed), and a changed MTU or MAC is set on the live
-/// interfaces. Only a pod ratchet ADDed is known, with its netns.
-async fn sync_running_pods(
-    settings: &Settings,
-    host: &Netlink,
-    tx: &mut impl Transaction,
-    dataplane: &mut Dataplane,
-    fabric: &pairing::Fabric,
-) -> Result<Vec<del::Released>, CniError> {
-    let mut unlinked = Vec::new();
-    for (pod, sandbox) in records::sandboxes(tx).await? {
-        if sandbox.node != fabric.node || !Path::new(&sandbox.netns).exists() {
-            continue;
-        }
-        let links = records::links_of_pod(tx, &pod).await?;
-        let wanted: Vec<(&Link, Side)> =
-            links.iter().flat_map(|link| link.sides_of(&pod).map(move |side| (link, side))).collect();
-        let held = records::container_ends(tx, &sandbox.container_id).await?;
-        for end in &held {
-            if !wanted.iter().any(|(link, side)| link.id() == end.link && *side == end.side) {
-                let holder = Some(sandbox.container_id.as_str());
-                unlinked.extend(del::release(tx, host, Some(dataplane), fabric, &end.link, end.side, holder).await?);
-            }
-        }
-        let in_pod = Netlink::in_netns(&crate::netlink::open_netns(&sandbox.netns)?, &sandbox.netns)?;
-        for (link, side) in wanted {
-            if held.iter().any(|end| end.link == link.id() && end.side == side) {
-                apply_link_settings(settings, host, &in_pod, tx, link, side).await?;
-            } else {
-                add::attach_live(tx, settings, fabric, host, dataplane, &sandbox, link, side).await?;
-                info!(pod = %pod, link = %link.id(), "attached a link end the topology gained");
-            }
+/// Every end by link, but for the ends of this node whose veth is gone:
+/// their pod went without a DEL. Those are returned apart, to be forgotten,
+/// and nothing is wired to them.
+async fn ends_by_link(tx: &mut impl Transaction, node: &str) -> Result<(EndsByLink, Vec<(String, Side)>), EndsError> {
+    let mut by_link = EndsByLink::new();
+    let mut dead = Vec::new();
+    for (link, side, end) in records::all_ends(tx).await? {
+        if end.node == node && netlink::ifindex_of(&end.host_ifname)? != Some(end.host_ifindex) {
+            dead.push((link, side));
+        } else {
+            by_link.entry(link).or_default()[side.index()] = Some(end);
         }
     }
-    Ok(unlinked)
+    Ok((by_link, dead))
 }
 
-/// Sets a link's MTU (both ends of this side's veth) and the end's MAC when
-/// the topology changed them.
-async fn apply_link_settings(
-    settings: &Settings,
-    host: &Netlink,
-    in_pod: &Netlink,
-    tx: &mut impl Transaction,
-    link: &Link,
-    side: Side,
-) -> Result<(), CniError> {
-    let Some(record) = records::end(tx, &link.id(), side).await? else { return Ok(()) };
-    let Some(pod_end) = in_pod.link_by_name(record.ifname.as_str()).await? else { return Ok(()) };
-    let mtu = settings.link_mtu(link);
-    if pod_end.mtu != mtu {
-        in_pod.set_mtu(pod_end.index, record.ifname.as_str(), mtu).await?;
-        host.set_mtu(record.host_ifindex, &record.host_ifname, mtu).await?;
-        info!(link = %link.id(), mtu, "changed a link end's MTU");
-    }
-    if let Some(mac) = link.end(side).mac
-        && pod_end.mac != Some(mac)
-    {
-        in_pod.set_mac(pod_end.index, record.ifname.as_str(), mac).await?;
-        info!(link = %link.id(), %mac, "changed a link end's MAC");
-    }
-    Ok(())
-}
-
-/// After the pins were made afresh (removed by hand, bpffs remounted),
-/// every live end of this node still runs the old program on the old
-/// maps: give each the current one, restart its counters, and record the
-/// generation; likewise the VXLAN device's tunnel program.
-async fn restore_programs(
-    settings: &Settings,
-    host: &Netlink,
-    tx: &mut impl Transaction,
-    dataplane: &mut Dataplane,
-    fabric: &pairing::Fabric,
-    by_link: &mut HashMap<String, [Option<records::EndRecord>; 2]>,
-) -> Result<(), CniError> {
-    let generation = dataplane.generation();
-    for (link, ends) in by_link.iter_mut() {
-        for (side, end) in [Side::A, Side::B].into_iter().zip(ends.iter_mut()) {
-            let Some(end) = end.as_mut().filter(|end| end.node == fabric.node && end.dataplane != generation) else {
-                continue;
-            };
-            dataplane.reattach(&end.host_ifname, settings.attach)?;
-            dataplane.track(end.host_ifindex)?;
-            end.dataplane = generation;
-            records::put_end(tx, link, side, end).await?;
-            info!(link = %link, end = %end.host_ifname, "restored the program on a host end");
+/// Writes the wanted entries the maps lack and removes those nothing wants.
+fn reconcile(dataplane: &mut Dataplane, wanted: &[Entry], round: &mut Round) -> Result<(), EndsError> {
+    let actual = dataplane.entries()?;
+    for entry in actual.iter().filter(|entry| !wanted.contains(entry)) {
+        // A slot that gets a new value is overwritten below instead.
+        if !wanted.iter().any(|w| w.same_slot(entry)) {
+            dataplane.remove(entry)?;
+            round.removed += 1;
         }
     }
-    if let Some(vxlan) = fabric.vxlan_ifindex
-        && !host.ingress_bpf_programs(vxlan).await?.contains(&dataplane.tunnel_program_id()?)
-    {
-        dataplane.reattach_tunnel(node::VXLAN_DEVICE)?;
-        info!("restored the tunnel program on {}", node::VXLAN_DEVICE);
+    failpoint!("agent::entries-removed");
+    for entry in wanted.iter().filter(|entry| !actual.contains(entry)) {
+        dataplane.apply(entry)?;
+        round.written += 1;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::{
     config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR, Settings},
     dataplane::{Counters, Dataplane},
     pairing,
-    store::{self, Store, Transaction, records},
+    store::{Store, Transaction, records},
     topology::{Side, Topology},
 };
 
@@ -112,11 +112,11 @@ enum Command {
         node_name: Option<String>,
     },
     /// Delete host veths DEL released (DEL runs this in a detached child).
-    #[command(name = crate::reap::SUBCOMMAND, hide = true)]
+    #[command(name = crate::ends::reap::SUBCOMMAND, hide = true)]
     Reap {
         /// IFINDEX:NAME; a veth is deleted only while it still has NAME.
         #[arg(required = true)]
-        veths: Vec<crate::reap::Doomed>,
+        veths: Vec<crate::ends::reap::Doomed>,
     },
 }
 
@@ -159,7 +159,7 @@ pub fn run() -> anyhow::Result<()> {
         crate::keep_files_private();
     }
     if !matches!(cli.command, Command::Agent { .. } | Command::Trace) {
-        exit_after(crate::cni::VERB_TIMEOUT);
+        exit_after(crate::config::DEFAULT_VERB_TIMEOUT);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
@@ -213,7 +213,7 @@ pub fn run() -> anyhow::Result<()> {
         }),
         Command::Reap { veths } => runtime.block_on(async {
             let host = crate::netlink::Netlink::host()?;
-            Ok(crate::reap::delete_all(&host, &veths).await?)
+            Ok(crate::ends::reap::delete_all(&host, &veths).await?)
         }),
     }
 }
@@ -235,7 +235,7 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
-    let mut store = store::open(settings).await?;
+    let mut store = crate::ends::open_store(settings).await?;
     let mut tx = store.begin().await?;
     match command {
         TopologyCommand::Apply { file } => {
@@ -284,7 +284,7 @@ struct EndView {
 }
 
 async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let mut store = store::open(settings).await?;
+    let mut store = crate::ends::open_store(settings).await?;
     let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
     let counters = Counters::open(&settings.pin_root)?;
@@ -363,7 +363,7 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
 }
 
 async fn unload(settings: &Settings, force: bool) -> anyhow::Result<()> {
-    let mut store = store::open(settings).await?;
+    let mut store = crate::ends::open_store(settings).await?;
     let attached = records::all_ends(&mut store.begin().await?).await?.len();
     if attached > 0 && !force {
         anyhow::bail!("{attached} link end(s) are attached; delete their pods first, or pass --force");

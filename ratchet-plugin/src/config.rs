@@ -8,11 +8,22 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{
-    cni::error::CniError,
-    store::{EtcdConfig, EtcdTls},
-    topology::{DEFAULT_MTU, Topology},
-};
+use crate::topology::{DEFAULT_MTU, Topology};
+
+/// A key of ratchet's that has a value it cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The key, as a path into the config (`topology.links[0].a.ips`).
+    pub key: String,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+/// How long a verb may take when its config does not say
+/// (`verb_timeout_seconds`): well above the store's own waits (10 s for its
+/// lock, etcd's timeouts), well below kubelet's two-minute CRI deadline.
+pub const DEFAULT_VERB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where the embedded store lives when the config names no `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ratchet";
@@ -173,11 +184,11 @@ fn default_pin_root() -> PathBuf {
 
 impl Settings {
     /// Reads ratchet's keys from the raw config, naming the key that is wrong.
-    pub fn from_config(raw: &serde_json::Value) -> Result<Self, CniError> {
+    pub fn from_config(raw: &serde_json::Value) -> Result<Self, ConfigError> {
         let settings: Self = serde_path_to_error::deserialize(raw)
-            .map_err(|e| CniError::Config { key: e.path().to_string(), reason: e.inner().to_string() })?;
+            .map_err(|e| ConfigError { key: e.path().to_string(), reason: e.inner().to_string() })?;
         if let Some(topology) = &settings.topology {
-            topology.validate().map_err(|e| CniError::Config { key: "topology".into(), reason: e.to_string() })?;
+            topology.validate().map_err(|e| ConfigError { key: "topology".into(), reason: e.to_string() })?;
         }
         settings.check_bounds()?;
         Ok(settings)
@@ -186,8 +197,8 @@ impl Settings {
     /// Limits that keep every verb bounded: a deadline a runtime can wait
     /// for, and no more etcd endpoints than a cluster has members (the etcd
     /// client stalls for good past 64).
-    fn check_bounds(&self) -> Result<(), CniError> {
-        let invalid = |key: &str, reason: String| Err(CniError::Config { key: key.into(), reason });
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| Err(ConfigError { key: key.into(), reason });
         if let Some(seconds) = self.verb_timeout_seconds
             && !(1..=MAX_VERB_TIMEOUT_SECONDS).contains(&seconds)
         {
@@ -203,7 +214,7 @@ impl Settings {
 
     /// How long a verb may run before it gives up and answers.
     pub fn verb_timeout(&self) -> std::time::Duration {
-        self.verb_timeout_seconds.map_or(crate::cni::VERB_TIMEOUT, |s| std::time::Duration::from_secs(s.into()))
+        self.verb_timeout_seconds.map_or(DEFAULT_VERB_TIMEOUT, |s| std::time::Duration::from_secs(s.into()))
     }
 
     /// The seed's keys this version accepts but does not act on, with why,
@@ -225,21 +236,6 @@ impl Settings {
     pub fn link_mtu(&self, link: &crate::topology::Link) -> u32 {
         let default = if self.node_ip.is_some() { DEFAULT_MTU - VXLAN_OVERHEAD } else { DEFAULT_MTU };
         link.mtu.unwrap_or(default)
-    }
-
-    /// How to reach etcd, if the config names it (`etcd_endpoints`, or the
-    /// seed's `etcd_host` with `etcd_port`, 2379 by default).
-    pub fn etcd(&self) -> Option<EtcdConfig> {
-        let mut endpoints = self.etcd_endpoints.clone();
-        if let Some(host) = &self.etcd_host {
-            endpoints.push(format!("http://{host}:{}", self.etcd_port.unwrap_or(2379)));
-        }
-        let credentials = self.etcd_username.clone().zip(self.etcd_password.clone());
-        let tls = self
-            .etcd_ca_file
-            .clone()
-            .map(|ca| EtcdTls { ca, client: self.etcd_cert_file.clone().zip(self.etcd_key_file.clone()) });
-        (!endpoints.is_empty()).then_some(EtcdConfig { endpoints, credentials, tls })
     }
 
     /// The node name records carry: the configured one, else the host name.

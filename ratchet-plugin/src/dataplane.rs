@@ -2,9 +2,9 @@
 //!
 //! The first verb on a node loads the embedded object, and pins the program
 //! and its maps under the pin root (`/sys/fs/bpf/ratchet` by default). Every
-//! later verb opens the pins: no load and no verification per ADD. Attaching
-//! to a host veth is a clsact filter made over netlink (the default: deleting
-//! the veth removes it) or a pinned tcx link.
+//! later verb opens the pins: no load and no verification per ADD. Hanging
+//! the programs on interfaces is [`crate::tc`]'s; this module gives it the
+//! programs and keeps the tcx link pins.
 
 use std::{
     fs, io,
@@ -16,9 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        ProgramError, SchedClassifier,
         links::{FdLink, LinkError, PinnedLink},
-        tc::{self, NlOptions, TcAttachOptions, TcError},
     },
 };
 use nix::{
@@ -26,11 +25,11 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use ratchet_common::{
-    EndStats, Local, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_TUNNELS, MAX_ENDS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer,
-    Switches,
+    EndStats, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_VNIS, MAX_ENDS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer, Switches,
+    VniEnd,
 };
 
-use crate::{config::AttachMode, pairing::Entry};
+use crate::{files::LOCK_WAIT, pairing::Entry};
 
 /// The object `build.rs` compiled from `ratchet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ratchet"));
@@ -42,7 +41,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 const PIN_PROG: &str = PROG_TO_PEER;
 const PIN_PROG_TUNNEL: &str = PROG_FROM_TUNNEL;
 const PIN_PEERS: &str = "peers";
-const PIN_TUNNELS: &str = "vnis";
+const PIN_VNIS: &str = "vnis";
 const PIN_STATS: &str = "stats";
 const PIN_SWITCHES: &str = "switches";
 /// tcx links, one pin per host veth.
@@ -72,25 +71,51 @@ pub enum DataplaneError {
     OtherVersion { path: String, source: MapError },
     #[error("{what}: the {map} map is full ({MAX_ENDS} link ends per node); remove links or ends first")]
     Full { what: String, map: &'static str },
-    #[error("attaching to {ifname}: {source}")]
-    Attach { ifname: String, source: TcError },
+    /// A verb that attaches found nothing loaded under its pin root.
+    #[error("nothing is pinned under {root}")]
+    NotLoaded { root: String },
     /// A name in `ratchet_common` the embedded object does not define: the
     /// two sides of the build disagree (the unit test below catches it).
     #[error("the eBPF object has no program or map named {name}")]
     NotInObject { name: &'static str },
 }
 
-/// The pinned program and maps of one node. The programs are opened through
-/// aya only when aya attaches them (tcx, re-attaching, the VXLAN device):
-/// opening one probes the kernel's features, a dozen test loads that a
-/// short-lived verb need not pay.
+/// One of ratchet's two programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// [`PROG_TO_PEER`], on every host veth.
+    ToPeer = 0,
+    /// [`PROG_FROM_TUNNEL`], on the node's VXLAN device.
+    FromTunnel = 1,
+}
+
+impl Program {
+    /// Its name in the object, in `bpftool prog` and on its TC filter.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::ToPeer => PROG_TO_PEER,
+            Program::FromTunnel => PROG_FROM_TUNNEL,
+        }
+    }
+
+    fn pin(self) -> &'static str {
+        match self {
+            Program::ToPeer => PIN_PROG,
+            Program::FromTunnel => PIN_PROG_TUNNEL,
+        }
+    }
+}
+
+/// The pinned programs and maps of one node. A program is opened through
+/// aya only for a tcx attachment: opening one probes the kernel's features,
+/// a dozen test loads that a short-lived verb need not pay.
 pub struct Dataplane {
     root: PathBuf,
     generation: u32,
-    program: Option<SchedClassifier>,
-    tunnel_program: Option<SchedClassifier>,
+    /// Each [`Program`], once opened through aya.
+    classifiers: [Option<SchedClassifier>; 2],
     peers: HashMap<MapData, u32, Peer>,
-    tunnels: HashMap<MapData, u32, Local>,
+    vnis: HashMap<MapData, u32, VniEnd>,
     stats: PerCpuHashMap<MapData, u32, EndStats>,
 }
 
@@ -107,9 +132,9 @@ impl Dataplane {
         let pin_root_error = |source| DataplaneError::PinRoot { path: root.display().to_string(), source };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(lock_dir).map_err(pin_root_error)?;
         let file = fs::File::create(&lock_path).map_err(pin_root_error)?;
-        let _lock = crate::files::lock_exclusive(file, crate::store::LOCK_WAIT).map_err(|e| match e.kind() {
+        let _lock = crate::files::lock_exclusive(file, LOCK_WAIT).map_err(|e| match e.kind() {
             io::ErrorKind::TimedOut => {
-                DataplaneError::Busy { path: lock_path.display().to_string(), waited: crate::store::LOCK_WAIT }
+                DataplaneError::Busy { path: lock_path.display().to_string(), waited: LOCK_WAIT }
             }
             _ => pin_root_error(e),
         })?;
@@ -137,10 +162,9 @@ impl Dataplane {
         Ok(Some(Self {
             root: root.to_owned(),
             generation,
-            program: None,
-            tunnel_program: None,
+            classifiers: [None, None],
             peers: open_map(root, PIN_PEERS)?,
-            tunnels: open_map(root, PIN_TUNNELS)?,
+            vnis: open_map(root, PIN_VNIS)?,
             stats: open_map(root, PIN_STATS)?,
         }))
     }
@@ -157,71 +181,47 @@ impl Dataplane {
         self.generation
     }
 
-    /// Attaches the redirect program to a host veth's ingress.
-    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
-        let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
-        match mode {
-            AttachMode::Clsact => attach_clsact(self.program()?, ifname)?,
-            AttachMode::Tcx => {
-                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-                let program = self.program()?;
-                let id = program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
-                let link: FdLink = program
-                    .take_link(id)
-                    .map_err(attach_error)?
-                    .try_into()
-                    .map_err(|source| DataplaneError::Link { what: format!("tcx link of {ifname}"), source })?;
-                let links = self.root.join(PIN_LINKS);
-                let pin_error = |source| DataplaneError::PinRoot { path: links.display().to_string(), source };
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(&links).map_err(pin_error)?;
-                link.pin(links.join(ifname)).map_err(|e| pin_error(io::Error::other(e)))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces whatever copy of the redirect program a host veth runs with
-    /// this generation's: after the pins were made afresh, the old copy
-    /// still reads the old maps, which nothing updates any more.
-    pub fn reattach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
-        detach_clsact(ifname, PROG_TO_PEER)?;
-        self.detach_tcx(ifname)?;
-        self.attach(ifname, mode)
-    }
-
-    /// The same for the tunnel program on the VXLAN device.
-    pub fn reattach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        detach_clsact(ifname, PROG_FROM_TUNNEL)?;
-        self.attach_tunnel(ifname)
-    }
-
-    /// The kernel id of the tunnel program.
-    pub fn tunnel_program_id(&self) -> Result<u32, DataplaneError> {
-        pinned_program_id(&self.root.join(PIN_PROG_TUNNEL))
-    }
-
-    /// Attaches the tunnel program to the node's VXLAN device's ingress.
-    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        let pin = self.root.join(PIN_PROG_TUNNEL);
-        attach_clsact(opened(&mut self.tunnel_program, &pin)?, ifname)
-    }
-
-    /// The redirect program, opened through aya on first use.
-    fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        let pin = self.root.join(PIN_PROG);
-        opened(&mut self.program, &pin)
-    }
-
-    /// A new fd of the pinned redirect program, for attaching it with
-    /// ratchet's own netlink socket.
-    pub fn program_fd(&self) -> Result<OwnedFd, DataplaneError> {
-        let pin = self.root.join(PIN_PROG);
+    /// A new fd of a pinned program, for attaching it with ratchet's own
+    /// netlink socket.
+    pub fn program_fd(&self, program: Program) -> Result<OwnedFd, DataplaneError> {
+        let pin = self.root.join(program.pin());
         obj_get(&pin, 0).map_err(|source| DataplaneError::PinRoot { path: pin.display().to_string(), source })
     }
 
-    /// Removes a tcx link pin, which detaches it (the clsact filter needs
-    /// nothing: it goes with the veth). A missing pin is not an error.
-    pub fn detach_tcx(&self, ifname: &str) -> Result<(), DataplaneError> {
+    /// A pinned program's kernel id, without opening it as a program.
+    pub fn program_id(&self, program: Program) -> Result<u32, DataplaneError> {
+        let pin = self.root.join(program.pin());
+        let info = aya::programs::ProgramInfo::from_pin(&pin)
+            .map_err(|source| DataplaneError::Program { what: format!("info of {}", pin.display()), source })?;
+        Ok(info.id())
+    }
+
+    /// A pinned program opened through aya (on first use: opening probes the
+    /// kernel's features), for attaching it as a tcx link.
+    pub fn classifier(&mut self, program: Program) -> Result<&mut SchedClassifier, DataplaneError> {
+        let pin = self.root.join(program.pin());
+        let slot = &mut self.classifiers[program as usize];
+        if let Some(opened) = slot {
+            return Ok(opened);
+        }
+        let opened = SchedClassifier::from_pin(&pin)
+            .map_err(|source| DataplaneError::Program { what: format!("open {}", pin.display()), source })?;
+        Ok(slot.insert(opened))
+    }
+
+    /// Pins a host veth's tcx link under `links/<ifname>`: the pin keeps
+    /// the attachment alive after this process exits.
+    pub fn pin_tcx_link(&self, ifname: &str, link: FdLink) -> Result<(), DataplaneError> {
+        let links = self.root.join(PIN_LINKS);
+        let pin_error = |source| DataplaneError::PinRoot { path: links.display().to_string(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&links).map_err(pin_error)?;
+        link.pin(links.join(ifname)).map_err(|e| pin_error(io::Error::other(e)))?;
+        Ok(())
+    }
+
+    /// Removes a host veth's tcx link pin, which detaches the program. A
+    /// missing pin is not an error.
+    pub fn unpin_tcx_link(&self, ifname: &str) -> Result<(), DataplaneError> {
         let path = self.root.join(PIN_LINKS).join(ifname);
         if !path.exists() {
             return Ok(());
@@ -233,12 +233,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether a host veth has a tcx link pin.
+    pub fn tcx_link_pinned(&self, ifname: &str) -> bool {
+        self.root.join(PIN_LINKS).join(ifname).exists()
+    }
+
     /// Writes one forwarding entry.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
         let (map, written) = match *entry {
             Entry::Peer { from, to } => (MAP_PEERS, self.peers.insert(from, to, 0)),
             Entry::Tunnel { vni, to, from_node } => {
-                (MAP_TUNNELS, self.tunnels.insert(vni, Local { ifindex: to, remote_ipv4: from_node }, 0))
+                (MAP_VNIS, self.vnis.insert(vni, VniEnd { ifindex: to, remote_ipv4: from_node }, 0))
             }
         };
         written.map_err(|source| {
@@ -250,7 +255,7 @@ impl Dataplane {
     pub fn remove(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
         let removed = match *entry {
             Entry::Peer { from, .. } => self.peers.remove(&from),
-            Entry::Tunnel { vni, .. } => self.tunnels.remove(&vni),
+            Entry::Tunnel { vni, .. } => self.vnis.remove(&vni),
         };
         ignore_missing(removed).map_err(|source| DataplaneError::Map { what: format!("remove {entry:?}"), source })
     }
@@ -263,8 +268,8 @@ impl Dataplane {
             let (from, to) = item.map_err(|e| read_error(MAP_PEERS, e))?;
             entries.push(Entry::Peer { from, to });
         }
-        for item in self.tunnels.iter() {
-            let (vni, local) = item.map_err(|e| read_error(MAP_TUNNELS, e))?;
+        for item in self.vnis.iter() {
+            let (vni, local) = item.map_err(|e| read_error(MAP_VNIS, e))?;
             entries.push(Entry::Tunnel { vni, to: local.ifindex, from_node: local.remote_ipv4 });
         }
         Ok(entries)
@@ -276,17 +281,6 @@ impl Dataplane {
             .keys()
             .collect::<Result<_, _>>()
             .map_err(|source| DataplaneError::Map { what: format!("list {MAP_STATS}"), source })
-    }
-
-    /// True when the program is attached to this host veth through a pinned tcx link.
-    pub fn tcx_attached(&self, ifname: &str) -> Result<bool, DataplaneError> {
-        if !self.root.join(PIN_LINKS).join(ifname).exists() {
-            return Ok(false);
-        }
-        let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Program { what: format!("query tcx on {ifname}"), source })?;
-        let ours = self.program_id()?;
-        Ok(programs.iter().any(|program| program.id() == ours))
     }
 
     /// Starts counting for a host veth, from zero.
@@ -309,11 +303,6 @@ impl Dataplane {
         sum_stats(&self.stats, ifindex)
     }
 
-    /// The loaded program's kernel id (for aya-log's reader).
-    pub fn program_id(&self) -> Result<u32, DataplaneError> {
-        pinned_program_id(&self.root.join(PIN_PROG))
-    }
-
     /// Sets the run-time switches every attached copy of the program reads.
     pub fn set_switches(&self, switches: Switches) -> Result<(), DataplaneError> {
         let mut map: Array<MapData, Switches> = open_map(&self.root, PIN_SWITCHES)?;
@@ -327,47 +316,6 @@ impl Dataplane {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other.map_err(|source| DataplaneError::PinRoot { path: root.display().to_string(), source }),
         }
-    }
-}
-
-/// `slot`'s program, opened from `pin` if it is not yet.
-fn opened<'a>(slot: &'a mut Option<SchedClassifier>, pin: &Path) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    if slot.is_none() {
-        let program = SchedClassifier::from_pin(pin)
-            .map_err(|source| DataplaneError::Program { what: format!("open {}", pin.display()), source })?;
-        *slot = Some(program);
-    }
-    Ok(slot.as_mut().expect("just opened"))
-}
-
-/// A pinned program's kernel id, without opening it as a program.
-fn pinned_program_id(pin: &Path) -> Result<u32, DataplaneError> {
-    let info = aya::programs::ProgramInfo::from_pin(pin)
-        .map_err(|source| DataplaneError::Program { what: format!("info of {}", pin.display()), source })?;
-    Ok(info.id())
-}
-
-/// Attaches a program as a clsact direct-action filter on an interface's
-/// ingress and leaves it there: the filter outlives this process, and goes
-/// with the interface.
-fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<(), DataplaneError> {
-    let attach_error = |source| DataplaneError::Program { what: format!("attach to {ifname}"), source };
-    match tc::qdisc_add_clsact(ifname) {
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source })?,
-    }
-    let options = TcAttachOptions::Netlink(NlOptions::default());
-    let id = program.attach_with_options(ifname, TcAttachType::Ingress, options).map_err(attach_error)?;
-    // Dropping the link would delete the filter.
-    std::mem::forget(program.take_link(id).map_err(attach_error)?);
-    Ok(())
-}
-
-/// Deletes every ingress filter running a program of this name. None is fine.
-fn detach_clsact(ifname: &str, program: &str) -> Result<(), DataplaneError> {
-    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, program) {
-        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other.map_err(|source| DataplaneError::Attach { ifname: ifname.into(), source }),
     }
 }
 
@@ -544,8 +492,7 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
         program.load().map_err(|source| DataplaneError::Program { what: format!("load {name}"), source })?;
         program.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
     }
-    let maps =
-        [(MAP_PEERS, PIN_PEERS), (MAP_TUNNELS, PIN_TUNNELS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
+    let maps = [(MAP_PEERS, PIN_PEERS), (MAP_VNIS, PIN_VNIS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
     for (map, pin) in maps {
         let found = ebpf.map(map).ok_or(DataplaneError::NotInObject { name: map })?;
         found.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
@@ -566,7 +513,7 @@ mod tests {
         for program in [PROG_TO_PEER, PROG_FROM_TUNNEL] {
             assert!(ebpf.program_mut(program).is_some(), "no program {program}");
         }
-        for map in [MAP_PEERS, MAP_TUNNELS, MAP_STATS, MAP_SWITCHES] {
+        for map in [MAP_PEERS, MAP_VNIS, MAP_STATS, MAP_SWITCHES] {
             assert!(ebpf.map(map).is_some(), "no map {map}");
         }
     }

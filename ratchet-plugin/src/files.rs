@@ -17,6 +17,10 @@ use nix::fcntl::{Flock, FlockArg};
 /// thousands of links, far below what would hurt a node.
 pub const MAX_INPUT: u64 = 16 << 20;
 
+/// How long a verb waits for another process to let go of the store (or a
+/// node lock) before it answers "try again" (CNI error 11).
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Reads a whole regular file of at most `limit` bytes.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;

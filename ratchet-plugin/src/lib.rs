@@ -4,31 +4,20 @@
 //! One binary: the CNI plugin when a runtime sets `CNI_COMMAND` ([`cni`]), an
 //! operator's CLI otherwise ([`cli`]).
 
-/// A named step where a test can make the verb fail: `FAILPOINTS=<name>=return`
-/// returns an error from the enclosing function right there. Compiled in
-/// only with the `failpoints` feature, which `cargo xtask test` builds.
-macro_rules! failpoint {
-    ($name:literal) => {
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!($name, |_| Err(crate::cni::error::CniError::Io(format!("failpoint {} fired", $name)).into()));
-    };
-}
-
 pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
-pub mod delegate;
+pub mod ends;
 pub mod files;
 pub mod install;
 pub mod naming;
 pub mod netlink;
-pub mod node;
 pub mod pairing;
-pub mod reap;
 pub mod reset;
 pub mod store;
+pub mod tc;
 pub mod topology;
 mod trace;
 

@@ -9,22 +9,19 @@
 use std::{
     fs::File,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd},
+        fd::{AsFd, AsRawFd},
         unix::fs::OpenOptionsExt,
     },
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
-    packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage},
     packet_route::{
-        RouteNetlinkMessage,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
         link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-        tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
     },
 };
 
@@ -125,6 +122,11 @@ impl Netlink {
                 .expect("the netns thread does not panic")
         });
         Ok(Self { handle: opened.map_err(|source| NetlinkError::Netns { path: path.into(), source })? })
+    }
+
+    /// The rtnetlink handle, for the TC requests [`crate::tc`] makes.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// Looks an interface up by name; `None` when there is none.
@@ -250,80 +252,6 @@ impl Netlink {
         Ok(messages.iter().filter_map(address).collect())
     }
 
-    /// The ids of the BPF programs in the clsact ingress filters of an interface.
-    pub async fn ingress_bpf_programs(&self, index: u32) -> Result<Vec<u32>, NetlinkError> {
-        let ifindex = i32::try_from(index).expect("kernel ifindexes fit i32");
-        let request = self.handle.traffic_filter(ifindex).get().ingress().execute();
-        let filters: Vec<_> = request.try_collect().await.map_err(|source| NetlinkError::Request {
-            what: format!("list ingress filters of ifindex {index}"),
-            source,
-        })?;
-        let options = filters.into_iter().flat_map(|filter| filter.attributes).filter_map(|attr| match attr {
-            TcAttribute::Options(options) => Some(options),
-            _ => None,
-        });
-        let ids = options.flatten().filter_map(|option| match option {
-            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(id),
-            _ => None,
-        });
-        Ok(ids.collect())
-    }
-
-    /// Gives an interface a clsact qdisc, the hook TC programs hang off;
-    /// one already there is fine.
-    pub async fn add_clsact(&self, index: u32) -> Result<(), NetlinkError> {
-        let mut msg = TcMessage::with_index(ifindex(index));
-        msg.header.parent = TcHandle::CLSACT;
-        msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
-        msg.attributes.push(TcAttribute::Kind("clsact".into()));
-        match self.create(RouteNetlinkMessage::NewQueueDiscipline(msg)).await {
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            other => {
-                other.map_err(|source| NetlinkError::Request { what: format!("clsact on ifindex {index}"), source })
-            }
-        }
-    }
-
-    /// Attaches a loaded TC program as a direct-action filter on the
-    /// interface's clsact ingress, as `tc filter add dev X ingress bpf da fd
-    /// N` does. The filter holds the program; it goes with the interface.
-    pub async fn attach_ingress_bpf(
-        &self,
-        index: u32,
-        program: BorrowedFd<'_>,
-        name: &str,
-    ) -> Result<(), NetlinkError> {
-        let mut msg = TcMessage::with_index(ifindex(index));
-        msg.header.parent = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
-        // Priority 0 (the kernel picks one) and every protocol.
-        msg.header.info = u32::from((libc::ETH_P_ALL as u16).to_be());
-        let fd = u32::try_from(program.as_raw_fd()).expect("an fd is not negative");
-        msg.attributes.push(TcAttribute::Kind("bpf".into()));
-        msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]));
-        self.create(RouteNetlinkMessage::NewTrafficFilter(msg))
-            .await
-            .map_err(|source| NetlinkError::Request { what: format!("attach {name} to ifindex {index}"), source })
-    }
-
-    /// Sends a create request and waits for its acknowledgement.
-    async fn create(&self, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
-        let mut request = NetlinkMessage::from(msg);
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
-        let mut response = self.handle.clone().request(request)?;
-        while let Some(message) = response.next().await {
-            if let rtnetlink::packet_core::NetlinkPayload::Error(error) = message.payload
-                && error.code.is_some()
-            {
-                return Err(rtnetlink::Error::NetlinkError(error));
-            }
-        }
-        Ok(())
-    }
-
     /// Deletes an interface by index; one already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
@@ -346,12 +274,8 @@ fn link_info(msg: LinkMessage) -> LinkInfo {
     info
 }
 
-fn ifindex(index: u32) -> i32 {
-    i32::try_from(index).expect("kernel ifindexes fit i32")
-}
-
 /// The positive errno of a kernel NACK.
-fn errno(error: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(error: &rtnetlink::Error) -> Option<i32> {
     match error {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(|code| -code.get()),
         _ => None,

@@ -133,7 +133,7 @@ mod tests {
             host_ifname: format!("rt{ifindex}"),
             host_ifindex: ifindex,
             node: node.into(),
-            dataplane: 1,
+            generation: 1,
             vni: Some(7),
             pin_root: None,
         })

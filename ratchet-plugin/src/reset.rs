@@ -37,7 +37,7 @@ pub async fn reset(settings: &Settings, node: &str) -> anyhow::Result<Reset> {
         }
     }
     Dataplane::unload(&settings.pin_root)?;
-    let mut store = store::open_as_is(settings).await?;
+    let mut store = store::open(settings).await?;
     let mut tx = store.begin().await?;
     let records = records::forget_node(&mut tx, node).await?;
     tx.commit().await?;

@@ -29,8 +29,11 @@ pub fn run(pin_root: &Path) -> anyhow::Result<()> {
     let dataplane = Dataplane::open(pin_root)?.with_context(|| {
         format!("nothing is loaded under {}: no link was ever added on this node", pin_root.display())
     })?;
-    let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(dataplane.program_id()?, Printer)
-        .context("opening the program's log buffer")?;
+    let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(
+        dataplane.program_id(crate::dataplane::Program::ToPeer)?,
+        Printer,
+    )
+    .context("opening the program's log buffer")?;
     dataplane.set_switches(Switches { trace: 1 })?;
     eprintln!("tracing every frame on {}; Ctrl-C stops", pin_root.display());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

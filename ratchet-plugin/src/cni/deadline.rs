@@ -21,11 +21,6 @@ use rscni_types::version::SpecVersion;
 
 use super::error::CniError;
 
-/// How long a verb may take when its config does not say
-/// (`verb_timeout_seconds`): well above the store's own waits (10 s for its
-/// lock, etcd's timeouts), well below kubelet's two-minute CRI deadline.
-pub const DEFAULT: Duration = Duration::from_secs(60);
-
 struct Watch {
     after: Duration,
     deadline: Instant,

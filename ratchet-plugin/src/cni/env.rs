@@ -1,6 +1,7 @@
-//! The `CNI_*` environment a runtime passes, parsed and checked once.
+//! The `CNI_*` environment a runtime passes, parsed and checked once: the
+//! container, its netns, the interface and the pod (from `CNI_ARGS`).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, fs::File, path::PathBuf};
 
 use super::error::CniError;
 use crate::topology::PodRef;
@@ -8,13 +9,18 @@ use crate::topology::PodRef;
 /// How a runtime calls us for one verb.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniEnv {
+    /// `CNI_CONTAINERID`: safe in a path and a store key.
     pub container_id: String,
-    /// Empty on a DEL whose netns is already gone (containerd's second DEL).
+    /// `CNI_NETNS`; empty on a DEL whose netns is already gone (containerd's second DEL).
     pub netns: String,
+    /// `CNI_IFNAME`: a valid interface name.
     pub ifname: String,
+    /// `CNI_ARGS`, passed on to delegates as they came.
     pub args: HashMap<String, String>,
     /// Where delegate plugins are looked up (`CNI_PATH`).
     pub path: Vec<PathBuf>,
+    /// The pod kubelet names in `CNI_ARGS`, or why there is none.
+    pod: Result<PodRef, String>,
 }
 
 /// The directories of `CNI_PATH`, the only variable STATUS and GC get.
@@ -55,23 +61,26 @@ impl CniEnv {
             let reason = format!("{ifname:?} is not a valid interface name");
             return Err(CniError::Env { var: "CNI_IFNAME", reason });
         }
-        Ok(Self {
-            container_id,
-            netns: get("CNI_NETNS").unwrap_or_default(),
-            ifname,
-            args: parse_args(&get("CNI_ARGS").unwrap_or_default())?,
-            path: cni_path(get),
-        })
+        let args = parse_args(&get("CNI_ARGS").unwrap_or_default())?;
+        let pod = pod_of(&args);
+        Ok(Self { container_id, netns: get("CNI_NETNS").unwrap_or_default(), ifname, args, path: cni_path(get), pod })
     }
 
     /// The pod kubelet names in `CNI_ARGS`.
-    pub fn pod(&self) -> Result<PodRef, CniError> {
-        let arg = |key: &str| {
-            self.args.get(key).ok_or_else(|| CniError::Env { var: "CNI_ARGS", reason: format!("has no {key}") })
-        };
-        let (namespace, name) = (arg("K8S_POD_NAMESPACE")?, arg("K8S_POD_NAME")?);
-        PodRef::new(namespace, name).map_err(|e| CniError::Env { var: "CNI_ARGS", reason: e.to_string() })
+    pub fn pod(&self) -> Result<&PodRef, CniError> {
+        self.pod.as_ref().map_err(|reason| CniError::Env { var: "CNI_ARGS", reason: reason.clone() })
     }
+
+    /// The netns of `CNI_NETNS`, opened (and checked to be one).
+    pub fn open_netns(&self) -> Result<File, CniError> {
+        crate::netlink::open_netns(&self.netns).map_err(|e| CniError::Env { var: "CNI_NETNS", reason: e.to_string() })
+    }
+}
+
+/// The pod in `K8S_POD_NAMESPACE` and `K8S_POD_NAME`.
+fn pod_of(args: &HashMap<String, String>) -> Result<PodRef, String> {
+    let arg = |key: &str| args.get(key).ok_or_else(|| format!("has no {key}"));
+    PodRef::new(arg("K8S_POD_NAMESPACE")?, arg("K8S_POD_NAME")?).map_err(|e| e.to_string())
 }
 
 /// Far above any runtime's (containerd's are 64 hex digits), low enough to

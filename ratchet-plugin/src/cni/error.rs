@@ -1,4 +1,5 @@
-//! Every way a verb can fail, each with its CNI error code.
+//! Every way a verb can fail, each with its CNI error code: the one place
+//! the layers' errors become CNI's.
 //!
 //! Codes below 100 are the spec's; ratchet's own start at 100 and are listed
 //! in the README. Messages name what failed and where (the variable, the
@@ -6,7 +7,10 @@
 
 use rscni_types::error::Error as WireError;
 
-use crate::{dataplane::DataplaneError, netlink::NetlinkError, store::StoreError, topology::TopologyError};
+use crate::{
+    config::ConfigError, dataplane::DataplaneError, ends::EndsError, netlink::NetlinkError, store::StoreError,
+    tc::TcError, topology::TopologyError,
+};
 
 /// Ratchet's own error codes (the spec leaves 100 and up to plugins).
 pub mod codes {
@@ -28,45 +32,137 @@ pub mod codes {
     pub const STORE_LOST: u32 = 107;
 }
 
+/// Why a verb failed, as the runtime will be told.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
+    /// A `CNI_*` variable is missing or unusable (code 4).
     #[error("{var}: {reason}")]
-    Env { var: &'static str, reason: String },
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// stdin is not a JSON config (code 6).
     #[error("{0}")]
     Decode(String),
+    /// A config key has a value ratchet cannot use (code 7).
     #[error("{key}: {reason}")]
-    Config { key: String, reason: String },
+    Config {
+        /// The key, as a path into the config.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The config's (or prevResult's) version is not one ratchet speaks (code 1).
     #[error("{0}")]
     IncompatibleVersion(String),
+    /// Reading stdin, or the process's own plumbing, failed (code 5).
     #[error("{0}")]
     Io(String),
+    /// The store failed: busy or unreachable (11), lost (107), else 5 or 7.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The topology is not valid (code 7).
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// A netlink request failed (code 100).
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// The eBPF side failed (code 103; 11 when another verb holds the load lock).
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// Hanging a program on an interface failed (code 103).
+    #[error(transparent)]
+    Tc(TcError),
+    /// The pod has no link and nothing else serves it (code 101).
     #[error("pod {pod} has no link in the topology (apply one with `ratchet topology apply`)")]
-    PodNotInTopology { pod: String },
+    PodNotInTopology {
+        /// The pod, `namespace/name`.
+        pod: String,
+    },
+    /// An interface a link needs already exists in the pod (code 102).
     #[error("interface {ifname} already exists in netns {netns}")]
-    IfNameTaken { ifname: String, netns: String },
+    IfNameTaken {
+        /// The interface.
+        ifname: String,
+        /// The pod's netns.
+        netns: String,
+    },
+    /// A delegate answered with a CNI error: passed on with its code.
     #[error("{role} plugin {plugin}: {}", delegate_said(.error))]
-    Delegate { role: &'static str, plugin: String, error: WireError },
+    Delegate {
+        /// `delegate` or `boot_network`.
+        role: &'static str,
+        /// The plugin's type.
+        plugin: String,
+        /// Its error.
+        error: WireError,
+    },
+    /// A delegate could not be run, or failed without a CNI error (code 104).
     #[error("{role} plugin {plugin}: {reason}")]
-    DelegateFailed { role: &'static str, plugin: String, reason: String },
+    DelegateFailed {
+        /// `delegate` or `boot_network`.
+        role: &'static str,
+        /// The plugin's type.
+        plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// CHECK found an end not as ADD left it (code 105).
     #[error("{0}")]
     CheckDrift(String),
+    /// GC could not remove everything (code 106).
     #[error("{0}")]
     Gc(String),
+    /// STATUS: the plugin cannot serve ADD now (50, or 51 when links already up keep working).
     #[error("{reason}")]
-    NotAvailable { limited: bool, reason: String },
+    NotAvailable {
+        /// Links already up keep forwarding.
+        limited: bool,
+        /// Why.
+        reason: String,
+    },
+    /// The verb ran past its deadline (code 11).
     #[error(
         "the verb did not finish within {seconds} s (verb_timeout_seconds): something it waits on hangs \
          (the store, a delegated plugin, or stdin left open); what it made so far is swept by DEL, GC or the next ADD"
     )]
-    DeadlineExceeded { seconds: f64 },
+    DeadlineExceeded {
+        /// The deadline it had.
+        seconds: f64,
+    },
+}
+
+impl From<ConfigError> for CniError {
+    fn from(ConfigError { key, reason }: ConfigError) -> Self {
+        CniError::Config { key, reason }
+    }
+}
+
+impl From<TcError> for CniError {
+    fn from(error: TcError) -> Self {
+        match error {
+            TcError::Netlink(e) => CniError::Netlink(e),
+            TcError::Dataplane(e) => CniError::Dataplane(e),
+            other => CniError::Tc(other),
+        }
+    }
+}
+
+/// The link-end layer's errors, as the verbs that called it report them.
+impl From<EndsError> for CniError {
+    fn from(error: EndsError) -> Self {
+        match error {
+            EndsError::Store(e) => CniError::Store(e),
+            EndsError::Netlink(e) => CniError::Netlink(e),
+            EndsError::Dataplane(e) => CniError::Dataplane(e),
+            EndsError::Tc(e) => e.into(),
+            EndsError::IfNameTaken { ifname, netns } => CniError::IfNameTaken { ifname, netns },
+            EndsError::Drift(what) => CniError::CheckDrift(what),
+            failpoint @ EndsError::Failpoint(_) => CniError::Io(failpoint.to_string()),
+        }
+    }
 }
 
 impl CniError {
@@ -86,7 +182,7 @@ impl CniError {
             CniError::Store(_) => WireError::IOFailure(details),
             CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
             CniError::Dataplane(DataplaneError::Busy { .. }) => WireError::TryAgainLater(details),
-            CniError::Dataplane(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
+            CniError::Dataplane(_) | CniError::Tc(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
             CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
             CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),
             // The delegate's own code and message, with who said it in the details.

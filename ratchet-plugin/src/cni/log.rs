@@ -8,31 +8,29 @@ use std::{sync::Mutex, time::Instant};
 
 use tracing::{Level, info, warn};
 
-use super::error::CniError;
+use super::{env::CniEnv, error::CniError};
 use crate::config::Settings;
 
 /// The verb being logged.
-pub struct Verb {
+pub struct Logged {
     command: String,
     container: String,
     pod: String,
 }
 
-impl Verb {
-    /// Sets up logging from the config and remembers who the verb is for.
+impl Logged {
+    /// Sets up logging from the config and remembers who the verb is for
+    /// (nobody for STATUS and GC, or when the environment was unusable).
     /// A `log_file` that cannot be a log (a FIFO, a directory) is a config
     /// error rather than a verb that blocks or logs nowhere.
-    pub fn start(settings: &Settings, command: &str) -> Result<Self, CniError> {
+    pub fn start(settings: &Settings, command: &str, env: Option<&CniEnv>) -> Result<Self, CniError> {
         init(settings)?;
-        let var = |name: &str| std::env::var(name).unwrap_or_default();
-        let args = var("CNI_ARGS");
-        let arg = |key: &str| {
-            args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned()
-        };
-        let pod = format!("{}/{}", arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"));
-        Ok(Self { command: command.into(), container: var("CNI_CONTAINERID"), pod })
+        let container = env.map(|env| env.container_id.clone()).unwrap_or_default();
+        let pod = env.and_then(|env| env.pod().ok()).map_or_else(|| "/".to_owned(), ToString::to_string);
+        Ok(Self { command: command.into(), container, pod })
     }
 
+    /// Logs the outcome and how long the verb took.
     pub fn finish<T>(self, started: Instant, outcome: &Result<T, CniError>) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let Self { command, container, pod } = self;

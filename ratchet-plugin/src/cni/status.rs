@@ -7,18 +7,30 @@
 //! would not send while the plugin is not ready. Pins gone while ends are
 //! attached is error 51: those links still forward, but cannot be changed.
 
-use super::{Config, del, error::CniError};
+use std::path::PathBuf;
+
+use super::{chain, error::CniError, request::Config};
 use crate::{
     dataplane::Dataplane,
+    ends,
     netlink::Netlink,
-    store::{self, Store, StoreError, records},
+    store::{Store, StoreError, records},
 };
 
-pub async fn status(config: &Config) -> Result<(), CniError> {
+/// Ready when ratchet is, and every delegate that knows STATUS says so.
+pub async fn status(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
+    ours(config).await?;
+    for delegate in chain::node_delegates(config)? {
+        delegate.call_node_verb("STATUS", path, None)?;
+    }
+    Ok(())
+}
+
+async fn ours(config: &Config) -> Result<(), CniError> {
     let settings = &config.settings;
     let unanswered =
         |e: StoreError| CniError::NotAvailable { limited: false, reason: format!("the store does not answer: {e}") };
-    let mut store = store::open(settings).await.map_err(unanswered)?;
+    let mut store = ends::open_store(settings).await.map_err(unanswered)?;
     let ends = async { records::all_ends(&mut store.begin().await?).await }.await.map_err(unanswered)?;
     // An end counts as attached while its host veth is still the one ADD
     // made: after a reboot the store still holds records until DEL or GC,
@@ -27,7 +39,7 @@ pub async fn status(config: &Config) -> Result<(), CniError> {
     let node = settings.node();
     let mut attached = 0;
     for (_, _, end) in &ends {
-        if end.node == node && del::is_live(&host, end).await? {
+        if end.node == node && ends::is_live(&host, end).await? {
             attached += 1;
         }
     }

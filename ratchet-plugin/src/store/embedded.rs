@@ -11,7 +11,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Store, StoreError, Transaction};
 
-use super::LOCK_WAIT;
+use crate::files::LOCK_WAIT;
 
 /// The file name inside the state directory.
 const FILE_NAME: &str = "store.sqlite";

@@ -39,6 +39,21 @@ pub struct EtcdConfig {
     pub tls: Option<EtcdTls>,
 }
 
+impl EtcdConfig {
+    /// How to reach etcd, if the config names it (`etcd_endpoints`, or the
+    /// seed's `etcd_host` with `etcd_port`, 2379 by default).
+    pub fn from_settings(settings: &crate::config::Settings) -> Option<Self> {
+        let mut endpoints = settings.etcd_endpoints.clone();
+        if let Some(host) = &settings.etcd_host {
+            endpoints.push(format!("http://{host}:{}", settings.etcd_port.unwrap_or(2379)));
+        }
+        let credentials = settings.etcd_username.clone().zip(settings.etcd_password.clone());
+        let client = settings.etcd_cert_file.clone().zip(settings.etcd_key_file.clone());
+        let tls = settings.etcd_ca_file.clone().map(|ca| EtcdTls { ca, client });
+        (!endpoints.is_empty()).then_some(Self { endpoints, credentials, tls })
+    }
+}
+
 /// TLS to etcd: the CA to trust, and a client certificate and key if etcd
 /// asks for one. All PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,9 +143,9 @@ impl Store for EtcdStore {
         let io =
             |e: std::io::Error| StoreError::Io { path: self.lock_file.display().to_string(), message: e.to_string() };
         let file = fs::File::create(&self.lock_file).map_err(io)?;
-        let lock = crate::files::lock_exclusive(file, super::LOCK_WAIT).map_err(|e| match e.kind() {
+        let lock = crate::files::lock_exclusive(file, crate::files::LOCK_WAIT).map_err(|e| match e.kind() {
             std::io::ErrorKind::TimedOut => {
-                StoreError::Busy { path: self.lock_file.display().to_string(), waited: super::LOCK_WAIT }
+                StoreError::Busy { path: self.lock_file.display().to_string(), waited: crate::files::LOCK_WAIT }
             }
             _ => io(e),
         })?;

@@ -19,10 +19,6 @@ pub mod records;
 
 use std::time::Duration;
 
-/// How long a verb waits for another process to let go of the store (or a
-/// node lock) before it answers "try again" (CNI error 11).
-pub const LOCK_WAIT: Duration = Duration::from_secs(10);
-
 pub use embedded::{EmbeddedStore, EmbeddedTx};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls, EtcdTx};
 
@@ -67,42 +63,13 @@ impl StoreError {
 }
 
 /// The store the config names: etcd when it gives endpoints, else the
-/// embedded store in `state_dir`. An embedded store found blank while this
-/// node's maps count attached ends is [`StoreError::Lost`]: read as a new
-/// store, it would make every verb act as if the node held nothing.
+/// embedded store in `state_dir`. As it is: a verb opens it through
+/// [`crate::ends::open_store`], which also tells a lost store from a new one.
 pub async fn open(settings: &Settings) -> Result<AnyStore, StoreError> {
-    let store = open_as_is(settings).await?;
-    if let AnyStore::Embedded(embedded) = &store
-        && embedded.is_blank()?
-    {
-        let ends = attached_ends(&settings.pin_root)
-            .map_err(|message| StoreError::Io { path: settings.pin_root.display().to_string(), message })?;
-        if ends > 0 {
-            return Err(StoreError::Lost {
-                path: embedded.path().to_owned(),
-                state_dir: settings.state_dir.display().to_string(),
-                pin_root: settings.pin_root.display().to_string(),
-                ends,
-            });
-        }
-    }
-    Ok(store)
-}
-
-/// [`open`] without the check for a lost store: for `ratchet reset`, which
-/// is how a node recovers from one.
-pub async fn open_as_is(settings: &Settings) -> Result<AnyStore, StoreError> {
-    match settings.etcd() {
+    match EtcdConfig::from_settings(settings) {
         Some(config) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(&config, &settings.state_dir).await?))),
         None => Ok(AnyStore::Embedded(EmbeddedStore::open(&settings.state_dir)?)),
     }
-}
-
-/// How many host veths this node's pinned counters track (0 when nothing
-/// is pinned): each attached end has its counters from ADD to DEL.
-fn attached_ends(pin_root: &std::path::Path) -> Result<usize, String> {
-    let counters = crate::dataplane::Counters::open(pin_root).map_err(|e| e.to_string())?;
-    counters.map_or(Ok(0), |counters| counters.count().map_err(|e| e.to_string()))
 }
 
 impl AnyStore {

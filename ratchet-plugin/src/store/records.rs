@@ -1,5 +1,6 @@
-//! Typed records over a [`Transaction`]: the key layout lives here and
-//! nowhere else.
+//! Typed records over a [`Transaction`]: every key ratchet writes is made
+//! here, under [`ROOT`] (the store's backends only know that prefix, to
+//! watch or scope it).
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -40,8 +41,9 @@ pub struct EndRecord {
     pub node: String,
     /// The [`crate::dataplane::Dataplane::generation`] its map entries were
     /// written in; entries of an older generation died with their maps.
-    #[serde(default)]
-    pub dataplane: u32,
+    /// Stored as `dataplane`, its name in records written before.
+    #[serde(default, rename = "dataplane")]
+    pub generation: u32,
     /// The link's VXLAN network identifier, for when its peer is elsewhere.
     #[serde(default)]
     pub vni: Option<u32>,

@@ -18,7 +18,35 @@ use rscni_types::{
 };
 use serde_json::Value;
 
-use crate::cni::{SUPPORTED_VERSIONS, env::CniEnv, error::CniError};
+use super::{env::CniEnv, error::CniError, version::SUPPORTED_VERSIONS};
+use crate::config::Settings;
+
+/// The two delegate keys of the seed's standalone mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `delegate`: the network of every pod without links.
+    Delegate,
+    /// `boot_network`: the primary network of pods with links.
+    BootNetwork,
+}
+
+impl Role {
+    /// The config key it is read from.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Delegate => "delegate",
+            Role::BootNetwork => "boot_network",
+        }
+    }
+}
+
+/// Reads both delegate keys, so a malformed one is a config error for every
+/// verb and every pod, not only when a pod first needs it.
+pub fn check_keys(settings: &Settings, raw: &Value) -> Result<(), CniError> {
+    Delegate::of(Role::Delegate, settings, raw)?;
+    Delegate::of(Role::BootNetwork, settings, raw)?;
+    Ok(())
+}
 
 /// One delegated network: a single plugin config, or a conflist whose
 /// plugins run in order (ADD, CHECK) or in reverse (DEL), each ADD getting
@@ -38,8 +66,18 @@ struct Plugin {
 }
 
 impl Delegate {
+    /// The delegate the config (`raw`, read into `settings`) names for
+    /// `role`, if any.
+    pub fn of(role: Role, settings: &Settings, raw: &Value) -> Result<Option<Self>, CniError> {
+        let given = match role {
+            Role::Delegate => settings.delegate.as_ref(),
+            Role::BootNetwork => settings.boot_network.as_ref(),
+        };
+        given.map(|given| Self::new(role.key(), given, raw)).transpose()
+    }
+
     /// Reads a delegate config (or conflist) from our config's `role` key.
-    pub fn new(role: &'static str, raw: &Value, parent: &Value) -> Result<Self, CniError> {
+    fn new(role: &'static str, raw: &Value, parent: &Value) -> Result<Self, CniError> {
         let invalid = |reason: String| CniError::Config { key: role.into(), reason };
         let object =
             raw.as_object().ok_or_else(|| invalid("must be a CNI network config or conflist (an object)".into()))?;

@@ -11,7 +11,7 @@
 //!
 //! A veth whose deletion has not happened yet is harmless and never leaked:
 //! no record names it, a new ADD of the same end deletes it first (see
-//! `add`), and it dies with its pod's netns anyway.
+//! `attach`), and it dies with its pod's netns anyway.
 
 use std::{
     os::unix::process::CommandExt,

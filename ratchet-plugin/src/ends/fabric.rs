@@ -3,16 +3,17 @@
 
 use std::collections::HashMap;
 
+use super::{EndsError, failpoint};
 use crate::{
-    cni::error::CniError,
-    config::Settings,
-    dataplane::Dataplane,
+    config::{AttachMode, Settings},
+    dataplane::{Dataplane, Program},
     netlink::Netlink,
     pairing::Fabric,
     store::{
         Transaction,
         records::{self, NodeRecord},
     },
+    tc::{self, Iface},
 };
 
 /// The node's one VXLAN device: every cross-node link goes through it.
@@ -20,7 +21,7 @@ pub const VXLAN_DEVICE: &str = "rtvx0";
 
 /// What this node knows of the fabric now. On a node without `node_ip` the
 /// fabric is this node alone.
-pub async fn fabric(tx: &mut impl Transaction, settings: &Settings, host: &Netlink) -> Result<Fabric, CniError> {
+pub async fn fabric(tx: &mut impl Transaction, settings: &Settings, host: &Netlink) -> Result<Fabric, EndsError> {
     let node = settings.node();
     if settings.node_ip.is_none() {
         return Ok(Fabric::single(&node));
@@ -40,7 +41,7 @@ pub async fn join(
     settings: &Settings,
     host: &Netlink,
     dataplane: &mut Dataplane,
-) -> Result<Fabric, CniError> {
+) -> Result<Fabric, EndsError> {
     let Some(ip) = settings.node_ip else {
         return Ok(Fabric::single(&settings.node()));
     };
@@ -53,7 +54,7 @@ pub async fn join(
         let vxlan = host.create_vxlan(VXLAN_DEVICE, ip, settings.vxlan_port).await?;
         // A device without the tunnel program would be taken as ready by
         // every later verb: it goes again if the program cannot go on.
-        if let Err(error) = attach_tunnel(dataplane) {
+        if let Err(error) = attach_tunnel(host, dataplane, vxlan.index).await {
             let _ = host.delete_link(vxlan.index).await;
             return Err(error);
         }
@@ -62,7 +63,8 @@ pub async fn join(
     Ok(fabric)
 }
 
-fn attach_tunnel(dataplane: &mut Dataplane) -> Result<(), CniError> {
+async fn attach_tunnel(host: &Netlink, dataplane: &mut Dataplane, index: u32) -> Result<(), EndsError> {
     failpoint!("add::vxlan-made");
-    Ok(dataplane.attach_tunnel(VXLAN_DEVICE)?)
+    let iface = Iface { index, name: VXLAN_DEVICE };
+    Ok(tc::attach(host, dataplane, iface, Program::FromTunnel, AttachMode::Clsact).await?)
 }

@@ -11,14 +11,14 @@ use std::collections::HashSet;
 
 use ratchet_common::PEER_REMOTE;
 
-use super::error::CniError;
+use super::{EndsError, reap::Doomed};
 use crate::{
     dataplane::Dataplane,
     naming,
     netlink::Netlink,
     pairing::Entry,
-    reap::Doomed,
     store::{Transaction, records},
+    tc,
     topology::Side,
 };
 
@@ -29,7 +29,7 @@ pub async fn find(
     host: &Netlink,
     ends: impl IntoIterator<Item = (String, Side)>,
     released: &HashSet<u32>,
-) -> Result<Vec<Doomed>, CniError> {
+) -> Result<Vec<Doomed>, EndsError> {
     let mut orphans = Vec::new();
     for (link, side) in ends {
         let name = naming::host_ifname(&link, side);
@@ -47,7 +47,7 @@ pub async fn find(
 
 /// Removes every map entry from or to an orphan (a peer may already point
 /// at one), its counters and its tcx link pin.
-pub fn unwire(dataplane: &mut Dataplane, orphans: &[Doomed]) -> Result<(), CniError> {
+pub fn unwire(dataplane: &mut Dataplane, orphans: &[Doomed]) -> Result<(), EndsError> {
     if orphans.is_empty() {
         return Ok(());
     }
@@ -59,7 +59,7 @@ pub fn unwire(dataplane: &mut Dataplane, orphans: &[Doomed]) -> Result<(), CniEr
     }
     for orphan in orphans {
         dataplane.untrack(orphan.index)?;
-        dataplane.detach_tcx(&orphan.name)?;
+        tc::detach_tcx(dataplane, &orphan.name)?;
     }
     Ok(())
 }
