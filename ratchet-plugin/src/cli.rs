@@ -143,6 +143,9 @@ enum TopologyCommand {
     Delete,
 }
 
+/// Parses the command line and runs the command: the binary's entry point
+/// when no runtime set `CNI_COMMAND`. A one-shot command gives up after
+/// [`crate::config::DEFAULT_VERB_TIMEOUT`], as a verb does.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings {
@@ -166,51 +169,16 @@ pub fn run() -> anyhow::Result<()> {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
-        Command::Install {
-            paths: InstallPaths { bin_dir, conf_dir, conflist },
-            network,
-            node_name,
-            node_ip,
-            delegate,
-            boot_network,
-            topology,
-        } => {
-            let mut plugin = serde_json::Map::new();
-            plugin.insert("state_dir".into(), serde_json::json!(settings.state_dir));
-            plugin.insert("pin_root".into(), serde_json::json!(settings.pin_root));
-            if !settings.etcd_endpoints.is_empty() {
-                plugin.insert("etcd_endpoints".into(), serde_json::json!(settings.etcd_endpoints));
-            }
-            plugin.extend(node_name.map(|name| ("node_name".into(), serde_json::json!(name))));
-            plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
-            for (key, file) in [("delegate", delegate), ("boot_network", boot_network), ("topology", topology)] {
-                if let Some(file) = file {
-                    let value = read_json(&file)?;
-                    if key == "topology" {
-                        Topology::from_json(&value.to_string()).with_context(|| format!("in {}", file.display()))?;
-                    }
-                    plugin.insert(key.into(), value);
-                }
-            }
-            crate::install::Install { bin_dir, conf_dir, conflist, network, plugin }.run()
+        Command::Install { paths, network, node_name, node_ip, delegate, boot_network, topology } => {
+            let files = PluginFiles { delegate, boot_network, topology };
+            install(&settings, paths, network, (node_name, node_ip), files)
         }
         Command::Uninstall { paths } => crate::install::uninstall(&paths.bin_dir, &paths.conf_dir, &paths.conflist),
         Command::Agent { config, interval_ms } => {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
         Command::Unload { force } => runtime.block_on(unload(&settings, force)),
-        Command::Reset { node_name } => runtime.block_on(async {
-            let node = Settings { node_name, ..settings.clone() }.node();
-            let reset = crate::reset::reset(&settings, &node).await?;
-            println!(
-                "removed {} host veth(s) ({}), the pins under {} and {} record(s) of node {node}",
-                reset.veths.len(),
-                reset.veths.join(", "),
-                settings.pin_root.display(),
-                reset.records
-            );
-            Ok(())
-        }),
+        Command::Reset { node_name } => runtime.block_on(reset(&settings, node_name)),
         Command::Reap { veths } => runtime.block_on(async {
             let host = crate::netlink::Netlink::host()?;
             Ok(crate::ends::reap::delete_all(&host, &veths).await?)
@@ -227,6 +195,57 @@ fn exit_after(deadline: std::time::Duration) {
         eprintln!("ratchet: gave up after {deadline:?}: something it waits on (the store, etcd) hangs");
         std::process::exit(1);
     });
+}
+
+/// The files `install` reads into the plugin's config.
+struct PluginFiles {
+    delegate: Option<PathBuf>,
+    boot_network: Option<PathBuf>,
+    topology: Option<PathBuf>,
+}
+
+/// `ratchet install`: the plugin entry gets the CLI's paths and etcd
+/// endpoints, the node's name and address, and the files' JSON.
+fn install(
+    settings: &Settings,
+    InstallPaths { bin_dir, conf_dir, conflist }: InstallPaths,
+    network: String,
+    (node_name, node_ip): (Option<String>, Option<std::net::Ipv4Addr>),
+    files: PluginFiles,
+) -> anyhow::Result<()> {
+    let mut plugin = serde_json::Map::new();
+    plugin.insert("state_dir".into(), serde_json::json!(settings.state_dir));
+    plugin.insert("pin_root".into(), serde_json::json!(settings.pin_root));
+    if !settings.etcd_endpoints.is_empty() {
+        plugin.insert("etcd_endpoints".into(), serde_json::json!(settings.etcd_endpoints));
+    }
+    plugin.extend(node_name.map(|name| ("node_name".into(), serde_json::json!(name))));
+    plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
+    let PluginFiles { delegate, boot_network, topology } = files;
+    for (key, file) in [("delegate", delegate), ("boot_network", boot_network), ("topology", topology)] {
+        if let Some(file) = file {
+            let value = read_json(&file)?;
+            if key == "topology" {
+                Topology::from_json(&value.to_string()).with_context(|| format!("in {}", file.display()))?;
+            }
+            plugin.insert(key.into(), value);
+        }
+    }
+    crate::install::Install { bin_dir, conf_dir, conflist, network, plugin }.run()
+}
+
+/// `ratchet reset`, for the node named `node_name` (else this host's name).
+async fn reset(settings: &Settings, node_name: Option<String>) -> anyhow::Result<()> {
+    let node = Settings { node_name, ..settings.clone() }.node();
+    let reset = crate::reset::reset(settings, &node).await?;
+    println!(
+        "removed {} host veth(s) ({}), the pins under {} and {} record(s) of node {node}",
+        reset.veths.len(),
+        reset.veths.join(", "),
+        settings.pin_root.display(),
+        reset.records
+    );
+    Ok(())
 }
 
 fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {

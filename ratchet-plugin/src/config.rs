@@ -47,13 +47,18 @@ pub enum AttachMode {
 /// The node-local settings every verb and the CLI share.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Settings {
+    /// Where the embedded store and the node's lock files live;
+    /// [`DEFAULT_STATE_DIR`] when not given.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The bpffs directory the programs, maps and tcx link pins go under;
+    /// [`DEFAULT_PIN_ROOT`] when not given.
     #[serde(default = "default_pin_root")]
     pub pin_root: PathBuf,
     /// This node's name in link records; the host name when not given.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// How the program is hung on host veths; `clsact` when not given.
     #[serde(default)]
     pub attach: AttachMode,
     /// This node's underlay IPv4 address. Given, the node takes part in
@@ -81,6 +86,8 @@ pub struct Settings {
     /// Where the one-line-per-verb log goes (appended); stderr when unset.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// How much a verb logs; `info` to a `log_file`, `warn` to stderr when
+    /// not given.
     #[serde(default)]
     pub log_level: Option<LogLevel>,
     /// The seed's standalone mode: the full CNI config that pods without
@@ -98,11 +105,13 @@ pub struct Settings {
     /// The seed's way to name one etcd endpoint.
     #[serde(default)]
     pub etcd_host: Option<String>,
+    /// The port of `etcd_host`; 2379 when not given.
     #[serde(default)]
     pub etcd_port: Option<u16>,
     /// etcd user and password, when its authentication is on.
     #[serde(default)]
     pub etcd_username: Option<String>,
+    /// The password of `etcd_username`; either one alone is ignored.
     #[serde(default)]
     pub etcd_password: Option<String>,
     /// The CA that signed etcd's server certificate (PEM): given, etcd is
@@ -112,12 +121,15 @@ pub struct Settings {
     /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
     #[serde(default)]
     pub etcd_cert_file: Option<PathBuf>,
+    /// The key of `etcd_cert_file`; either one alone is ignored.
     #[serde(default)]
     pub etcd_key_file: Option<PathBuf>,
-    /// Seed keys accepted as written; labels and the child helper have no
-    /// counterpart (see `unused_seed_keys`).
+    /// A seed key accepted as written and ignored: links come from the
+    /// topology, not pod labels (see `unused_seed_keys`).
     #[serde(default)]
     pub use_labels: Option<bool>,
+    /// A seed key accepted as written and ignored: ratchet forks no helper
+    /// binary (see `unused_seed_keys`).
     #[serde(default)]
     pub child_path: Option<String>,
 }
@@ -126,10 +138,15 @@ pub struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    /// Errors only; ratchet's own lines are warnings or less, so it says nothing.
     Error,
+    /// Failed verbs and ignored seed keys; the default to stderr.
     Warn,
+    /// Every verb's outcome too; the default to a `log_file`.
     Info,
+    /// The libraries' debugging detail too.
     Debug,
+    /// Everything.
     Trace,
 }
 

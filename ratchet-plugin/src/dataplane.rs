@@ -47,37 +47,90 @@ const PIN_SWITCHES: &str = "switches";
 /// tcx links, one pin per host veth.
 const PIN_LINKS: &str = "links";
 
+/// What can go wrong loading the object, or opening, writing or removing
+/// the node's pins.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// A file operation under the pin root (or on the load lock) failed.
     #[error("pin root {path}: {source}")]
-    PinRoot { path: String, source: io::Error },
+    PinRoot {
+        /// The file or directory it failed on.
+        path: String,
+        /// What went wrong, from the kernel or aya's pinning.
+        source: io::Error,
+    },
     /// Another verb holds the node's load lock for longer than we wait.
     #[error("{path} is held by another process for more than {waited:?}")]
-    Busy { path: String, waited: std::time::Duration },
+    Busy {
+        /// The lock file.
+        path: String,
+        /// How long we waited ([`LOCK_WAIT`]).
+        waited: std::time::Duration,
+    },
+    /// bpffs was not mounted at `/sys/fs/bpf`, and mounting it failed.
     #[error("cannot mount bpffs at {BPFFS}: {0}")]
     Mount(nix::Error),
+    /// aya could not load the embedded object (parse it, or make its maps).
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    /// Opening, loading or inspecting a program failed.
     #[error("{what}: {source}")]
-    Program { what: String, source: ProgramError },
+    Program {
+        /// The step, with the program or pin it was on.
+        what: String,
+        /// aya's error.
+        source: ProgramError,
+    },
+    /// Opening a tcx link pin, or taking a new tcx link, failed.
     #[error("{what}: {source}")]
-    Link { what: String, source: LinkError },
+    Link {
+        /// The step, with the pin or interface it was on.
+        what: String,
+        /// aya's error.
+        source: LinkError,
+    },
+    /// Opening, reading or writing a pinned map failed.
     #[error("{what}: {source}")]
-    Map { what: String, source: MapError },
+    Map {
+        /// The step, with the pin or entry it was on (`write <entry>`).
+        what: String,
+        /// aya's error.
+        source: MapError,
+    },
+    /// A pinned map's key or value size is not this build's: the pins were
+    /// made by another version of ratchet, and must be unloaded first.
     #[error(
         "{path} was pinned by another version of ratchet ({source}): once no link end is attached on this node, \
          `ratchet unload` and retry"
     )]
-    OtherVersion { path: String, source: MapError },
+    OtherVersion {
+        /// The map's pin.
+        path: String,
+        /// aya's size mismatch.
+        source: MapError,
+    },
+    /// A hash map refused a new key (E2BIG): the node already holds
+    /// [`MAX_ENDS`] link ends.
     #[error("{what}: the {map} map is full ({MAX_ENDS} link ends per node); remove links or ends first")]
-    Full { what: String, map: &'static str },
+    Full {
+        /// The write that failed, as [`DataplaneError::Map`] would have put it.
+        what: String,
+        /// The full map's name in the object.
+        map: &'static str,
+    },
     /// A verb that attaches found nothing loaded under its pin root.
     #[error("nothing is pinned under {root}")]
-    NotLoaded { root: String },
+    NotLoaded {
+        /// The pin root it looked under.
+        root: String,
+    },
     /// A name in `ratchet_common` the embedded object does not define: the
     /// two sides of the build disagree (the unit test below catches it).
     #[error("the eBPF object has no program or map named {name}")]
-    NotInObject { name: &'static str },
+    NotInObject {
+        /// The program or map asked for.
+        name: &'static str,
+    },
 }
 
 /// One of ratchet's two programs.

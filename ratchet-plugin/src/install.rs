@@ -17,9 +17,13 @@ use crate::cni::SUPPORTED_VERSIONS;
 
 /// What `install` writes, from its flags.
 pub struct Install {
+    /// The CNI bin dir this binary is copied into, as `ratchet`.
     pub bin_dir: PathBuf,
+    /// The CNI config dir the conflist goes into.
     pub conf_dir: PathBuf,
+    /// The conflist's file name (runtimes take the first by name).
     pub conflist: String,
+    /// The network name the conflist gives.
     pub network: String,
     /// ratchet's own keys for the plugin entry (state_dir, etcd, ...).
     pub plugin: serde_json::Map<String, Value>,
@@ -36,6 +40,8 @@ impl Install {
         json!({"cniVersion": newest, "cniVersions": versions, "name": self.network, "plugins": [plugin]})
     }
 
+    /// Places the binary, then the conflist: each only when it differs from
+    /// what is there, and each renamed into place whole.
     pub fn run(&self) -> anyhow::Result<()> {
         let binary = std::env::current_exe().context("finding this binary")?;
         let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;

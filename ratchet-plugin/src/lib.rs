@@ -4,6 +4,8 @@
 //! One binary: the CNI plugin when a runtime sets `CNI_COMMAND` ([`cni`]), an
 //! operator's CLI otherwise ([`cli`]).
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod cli;
 pub mod cni;

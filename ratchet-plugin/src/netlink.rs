@@ -27,14 +27,34 @@ use rtnetlink::{
 
 use crate::topology::MacAddr;
 
+/// What can go wrong reaching a netns or asking its kernel side.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
+    /// A netns could not be opened, is not a network namespace, or no
+    /// netlink socket could be made in it.
     #[error("cannot open netns {path}: {source}")]
-    Netns { path: String, source: std::io::Error },
+    Netns {
+        /// The netns's path (`/proc/self/ns/net` for the host's).
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Looking an interface up by name failed other than by its absence.
     #[error("look up {name}: {source}")]
-    Lookup { name: String, source: nix::Error },
+    Lookup {
+        /// The interface's name.
+        name: String,
+        /// The errno.
+        source: nix::Error,
+    },
+    /// The kernel refused a request, or the socket failed.
     #[error("{what}: {source}")]
-    Request { what: String, source: rtnetlink::Error },
+    Request {
+        /// The request, with the interface or address it was for.
+        what: String,
+        /// rtnetlink's error; a kernel NACK carries the errno.
+        source: rtnetlink::Error,
+    },
 }
 
 /// The ifindex of an interface of this process's netns, by name; `None`
@@ -78,8 +98,11 @@ pub struct Netlink {
 /// What the kernel says about one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
+    /// The ifindex, unique in its netns while the interface lives.
     pub index: u32,
+    /// The hardware address; `None` when the kernel gave no six-byte one.
     pub mac: Option<MacAddr>,
+    /// The MTU, in bytes; 0 when the kernel gave none.
     pub mtu: u32,
     /// Administratively up.
     pub up: bool,
@@ -88,10 +111,15 @@ pub struct LinkInfo {
 /// One end of a veth pair to create: the host end stays in the caller's
 /// netns, the pod end is born inside the pod's.
 pub struct VethSpec<'a> {
+    /// The host end's name ([`crate::naming::host_ifname`]).
     pub host_ifname: &'a str,
+    /// The pod end's name, as the topology gives it.
     pub pod_ifname: &'a str,
+    /// The pod's netns, from [`open_netns`]: the pod end is created in it.
     pub pod_netns: &'a File,
+    /// The MTU of both ends, in bytes.
     pub mtu: u32,
+    /// The pod end's MAC; `None` lets the kernel pick a random one.
     pub pod_mac: Option<MacAddr>,
 }
 
@@ -190,15 +218,18 @@ impl Netlink {
         Ok(made)
     }
 
+    /// Sets an interface's MTU; `name` is for the error only.
     pub async fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).mtu(mtu).build(), || format!("set MTU {mtu} on {name}")).await
     }
 
+    /// Sets an interface's MAC; `name` is for the error only.
     pub async fn set_mac(&self, index: u32, name: &str, mac: MacAddr) -> Result<(), NetlinkError> {
         let change = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
         self.change(change, || format!("set MAC {mac} on {name}")).await
     }
 
+    /// Sets an interface administratively up; `name` is for the error only.
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
     }

@@ -35,6 +35,8 @@ impl fmt::Display for LinkState {
     }
 }
 
+/// A link's state by its end records, A first, wherever the ends are: what
+/// `ratchet links` and the agent's metrics show.
 pub fn state(ends: &[Option<EndRecord>; 2]) -> LinkState {
     match ends {
         [Some(_), Some(_)] => LinkState::Up,
@@ -65,10 +67,24 @@ impl Fabric {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `RATCHET_PEERS[from] = to`: frames entering host veth `from`.
-    Peer { from: u32, to: Peer },
+    Peer {
+        /// The host veth frames enter by, as an ifindex.
+        from: u32,
+        /// Where they go: the peer's host veth, or the VXLAN device with the
+        /// link's VNI and the peer's node.
+        to: Peer,
+    },
     /// `RATCHET_VNIS[vni] = to`: frames arriving through the tunnel, from
     /// the peer's node (`from_node`, its underlay IPv4 in host order) only.
-    Tunnel { vni: u32, to: u32, from_node: u32 },
+    Tunnel {
+        /// The link's VNI, as the frame arrives with it.
+        vni: u32,
+        /// The host veth of this node's end: the frame goes into the pod behind it.
+        to: u32,
+        /// The peer's node's underlay IPv4, in host order: the only source
+        /// accepted for this VNI.
+        from_node: u32,
+    },
 }
 
 impl Entry {

@@ -21,7 +21,9 @@ use crate::{
 
 /// What a reset removed.
 pub struct Reset {
+    /// The host veths deleted, by name; their pod ends went with them.
     pub veths: Vec<String>,
+    /// How many of the node's end and sandbox records the store forgot.
     pub records: usize,
 }
 

@@ -39,46 +39,60 @@ pub enum TcError {
     Dataplane(#[from] DataplaneError),
     /// The kernel refused the tcx attachment.
     #[error("attach {program} to {ifname} (tcx): {source}")]
-    Tcx { program: &'static str, ifname: String, source: ProgramError },
+    Tcx {
+        /// The program's name ([`Program::name`]).
+        program: &'static str,
+        /// The interface it was to go on.
+        ifname: String,
+        /// aya's error.
+        source: ProgramError,
+    },
 }
 
-/// An interface of the host netns, by both handles TC needs: clsact speaks
-/// ifindexes, tcx link pins are named after the interface.
+/// Where a program goes: which one, on which interface's ingress of the
+/// host netns, and how. The interface by both handles TC needs: clsact
+/// speaks ifindexes, tcx link pins are named after the interface.
 #[derive(Clone, Copy, Debug)]
-pub struct Iface<'a> {
+pub struct Hook<'a> {
     /// The interface's ifindex.
     pub index: u32,
     /// The interface's name.
     pub name: &'a str,
+    /// The program.
+    pub program: Program,
+    /// clsact or tcx.
+    pub mode: AttachMode,
 }
 
-/// Hangs `program` on the interface's ingress, the way `mode` says.
-pub async fn attach(
-    host: &Netlink,
-    dataplane: &mut Dataplane,
-    iface: Iface<'_>,
-    program: Program,
-    mode: AttachMode,
-) -> Result<(), TcError> {
-    match mode {
-        AttachMode::Clsact => attach_clsact(host, dataplane, iface, program).await,
-        AttachMode::Tcx => attach_tcx(dataplane, iface, program),
+impl<'a> Hook<'a> {
+    /// The redirect program on a host veth, attached as the config says.
+    pub fn to_peer(index: u32, name: &'a str, mode: AttachMode) -> Self {
+        Self { index, name, program: Program::ToPeer, mode }
+    }
+
+    /// The tunnel program on the node's VXLAN device, always clsact: one
+    /// device per node, made and removed by ratchet alone.
+    pub fn from_tunnel(index: u32, name: &'a str) -> Self {
+        Self { index, name, program: Program::FromTunnel, mode: AttachMode::Clsact }
     }
 }
 
-/// Takes every copy of `program` off the interface's ingress, clsact filter
-/// or tcx link, and hangs this generation's on: after the pins were made
-/// afresh, the old copy still reads the old maps, which nothing updates.
-pub async fn replace(
-    host: &Netlink,
-    dataplane: &mut Dataplane,
-    iface: Iface<'_>,
-    program: Program,
-    mode: AttachMode,
-) -> Result<(), TcError> {
-    detach_clsact(host, iface.index, program).await?;
-    dataplane.unpin_tcx_link(iface.name)?;
-    attach(host, dataplane, iface, program, mode).await
+/// Hangs the hook's program on its interface's ingress.
+pub async fn attach(host: &Netlink, dataplane: &mut Dataplane, hook: Hook<'_>) -> Result<(), TcError> {
+    match hook.mode {
+        AttachMode::Clsact => attach_clsact(host, dataplane, hook).await,
+        AttachMode::Tcx => attach_tcx(dataplane, hook),
+    }
+}
+
+/// Takes every copy of the hook's program off its interface's ingress,
+/// clsact filter or tcx link, and hangs this generation's on: after the
+/// pins were made afresh, the old copy still reads the old maps, which
+/// nothing updates any more.
+pub async fn replace(host: &Netlink, dataplane: &mut Dataplane, hook: Hook<'_>) -> Result<(), TcError> {
+    detach_clsact(host, hook.index, hook.program).await?;
+    dataplane.unpin_tcx_link(hook.name)?;
+    attach(host, dataplane, hook).await
 }
 
 /// Removes a host veth's tcx link pin, which detaches it; none is fine. The
@@ -88,37 +102,30 @@ pub fn detach_tcx(dataplane: &Dataplane, ifname: &str) -> Result<(), TcError> {
     Ok(dataplane.unpin_tcx_link(ifname)?)
 }
 
-/// True when this generation's `program` runs on the interface's ingress.
-pub async fn attached(
-    host: &Netlink,
-    dataplane: &Dataplane,
-    iface: Iface<'_>,
-    program: Program,
-    mode: AttachMode,
-) -> Result<bool, TcError> {
-    let ours = dataplane.program_id(program)?;
-    match mode {
-        AttachMode::Clsact => Ok(ingress_bpf_filters(host, iface.index).await?.iter().any(|f| f.id == ours)),
+/// True when this generation's program runs where the hook says.
+pub async fn attached(host: &Netlink, dataplane: &Dataplane, hook: Hook<'_>) -> Result<bool, TcError> {
+    let ours = dataplane.program_id(hook.program)?;
+    match hook.mode {
+        AttachMode::Clsact => Ok(ingress_bpf_filters(host, hook.index).await?.iter().any(|f| f.id == ours)),
         AttachMode::Tcx => {
-            if !dataplane.tcx_link_pinned(iface.name) {
+            if !dataplane.tcx_link_pinned(hook.name) {
                 return Ok(false);
             }
-            let (_, programs) = aya::programs::SchedClassifier::query_tcx(iface.name, TcAttachType::Ingress)
-                .map_err(|source| TcError::Tcx { program: program.name(), ifname: iface.name.into(), source })?;
+            let (_, programs) = aya::programs::SchedClassifier::query_tcx(hook.name, TcAttachType::Ingress)
+                .map_err(|source| tcx_error(hook, source))?;
             Ok(programs.iter().any(|info| info.id() == ours))
         }
     }
 }
 
-async fn attach_clsact(
-    host: &Netlink,
-    dataplane: &Dataplane,
-    iface: Iface<'_>,
-    program: Program,
-) -> Result<(), TcError> {
-    let fd = dataplane.program_fd(program)?;
-    add_clsact(host, iface.index).await?;
-    let mut msg = TcMessage::with_index(ifindex(iface.index));
+fn tcx_error(hook: Hook<'_>, source: ProgramError) -> TcError {
+    TcError::Tcx { program: hook.program.name(), ifname: hook.name.into(), source }
+}
+
+async fn attach_clsact(host: &Netlink, dataplane: &Dataplane, hook: Hook<'_>) -> Result<(), TcError> {
+    let fd = dataplane.program_fd(hook.program)?;
+    add_clsact(host, hook.index).await?;
+    let mut msg = TcMessage::with_index(ifindex(hook.index));
     msg.header.parent = INGRESS;
     // Priority 0 (the kernel picks one) and every protocol.
     msg.header.info = u32::from((libc::ETH_P_ALL as u16).to_be());
@@ -127,25 +134,25 @@ async fn attach_clsact(
     msg.attributes.push(TcAttribute::Kind("bpf".into()));
     msg.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-        TcOption::Bpf(TcFilterBpfOption::ProgName(program.name().into())),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(hook.program.name().into())),
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
-    let what = || format!("attach {} to {}", program.name(), iface.name);
+    let what = || format!("attach {} to {}", hook.program.name(), hook.name);
     send(host, RouteNetlinkMessage::NewTrafficFilter(msg), CREATE).await.map_err(|source| request(what(), source))?;
     Ok(())
 }
 
-fn attach_tcx(dataplane: &mut Dataplane, iface: Iface<'_>, program: Program) -> Result<(), TcError> {
-    let failed = |source| TcError::Tcx { program: program.name(), ifname: iface.name.into(), source };
-    let classifier = dataplane.classifier(program)?;
+fn attach_tcx(dataplane: &mut Dataplane, hook: Hook<'_>) -> Result<(), TcError> {
+    let failed = |source| tcx_error(hook, source);
+    let classifier = dataplane.classifier(hook.program)?;
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    let id = classifier.attach_with_options(iface.name, TcAttachType::Ingress, options).map_err(failed)?;
+    let id = classifier.attach_with_options(hook.name, TcAttachType::Ingress, options).map_err(failed)?;
     let link: FdLink = classifier
         .take_link(id)
         .map_err(failed)?
         .try_into()
-        .map_err(|source| DataplaneError::Link { what: format!("tcx link of {}", iface.name), source })?;
-    Ok(dataplane.pin_tcx_link(iface.name, link)?)
+        .map_err(|source| DataplaneError::Link { what: format!("tcx link of {}", hook.name), source })?;
+    Ok(dataplane.pin_tcx_link(hook.name, link)?)
 }
 
 /// Gives an interface a clsact qdisc, the hook TC programs hang off; one

@@ -13,34 +13,81 @@ use serde::{Deserialize, Serialize};
 /// Why a topology (or one of its parts) was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TopologyError {
+    /// A pod that is not `namespace/name` of DNS-1123 names; carries it as written.
     #[error("pod {0:?} is not namespace/name with DNS-1123 names")]
     BadPod(String),
+    /// An interface name the kernel would refuse; carries it as written.
     #[error("interface name {0:?} must be 1-15 bytes without '/', ':', whitespace or NUL, and not '.' or '..'")]
     BadIfName(String),
+    /// A MAC that is malformed, multicast or all zero; carries it as written.
     #[error("MAC address {0:?} must be six hex octets (aa:bb:cc:dd:ee:ff), unicast and not all zero")]
     BadMac(String),
+    /// A link name that is not safe in a store key; carries it as written.
     #[error("link name {0:?} must be 1-63 characters of A-Z a-z 0-9 . _ -")]
     BadLinkName(String),
+    /// An end named like an interface every netns already has (`lo`, a
+    /// tunnel module's fallback device): its veth could never be made.
     #[error("link {link}: interface name {ifname} is one the kernel gives every netns; pick another")]
-    ReservedIfName { link: String, ifname: String },
+    ReservedIfName {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// The reserved name the end asked for.
+        ifname: String,
+    },
+    /// An MTU the link's addresses cannot run over, or above 65535.
     #[error("link {link}: MTU {mtu} is outside {min}..=65535")]
-    BadMtu { link: String, mtu: u32, min: u32 },
+    BadMtu {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// The MTU the topology gives, in bytes.
+        mtu: u32,
+        /// The least MTU this link allows: 1280 when an end has an IPv6
+        /// address (RFC 8200), else 68.
+        min: u32,
+    },
+    /// An address that names a subnet rather than a host, or has a /0 prefix.
     #[error(
         "link {link}: address {ip} is a network or has a /0 prefix; give a host address with its prefix, e.g. 10.0.0.1/24"
     )]
-    BadAddress { link: String, ip: IpNet },
+    BadAddress {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// The address as written, with its prefix.
+        ip: IpNet,
+    },
+    /// An address no link end can use: the kernel refuses it, or it never
+    /// reaches the peer as a unicast host address.
     #[error(
         "link {link}: address {ip} is {what}, which a point-to-point link end cannot use; give a unicast host address"
     )]
-    UnusableAddress { link: String, ip: IpNet, what: &'static str },
+    UnusableAddress {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// The address as written, with its prefix.
+        ip: IpNet,
+        /// What kind of address it is, for the message (`multicast`, `loopback`, ...).
+        what: &'static str,
+    },
+    /// One end lists the same address twice (compared without the prefix).
     #[error("link {link}: address {ip} is given twice on side {side}")]
-    DuplicateAddress { link: String, ip: IpNet, side: &'static str },
+    DuplicateAddress {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// The second mention of the address, with its prefix.
+        ip: IpNet,
+        /// The end that repeats it: `a` or `b` ([`Side::as_str`]).
+        side: &'static str,
+    },
+    /// A link whose two ends are the same interface of the same pod; carries the link's id.
     #[error("link {0}: both ends are the same pod interface")]
     SelfLink(String),
+    /// One pod interface is an end of two links; carries `namespace/name ifname`.
     #[error("{0} appears in more than one link end")]
     DuplicateEnd(String),
+    /// Two links share an id (the same name, or unnamed with the same ends).
     #[error("two links have the id {0:?}")]
     DuplicateLink(String),
+    /// The text is not JSON of a topology's shape; carries serde's message.
     #[error("topology is not valid JSON: {0}")]
     Parse(String),
 }
@@ -55,7 +102,9 @@ const RESERVED_IFNAMES: [&str; 10] =
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PodRef {
+    /// `K8S_POD_NAMESPACE`: an RFC 1123 label, checked by [`PodRef::new`].
     pub namespace: String,
+    /// `K8S_POD_NAME`: an RFC 1123 subdomain, checked by [`PodRef::new`].
     pub name: String,
 }
 
@@ -118,6 +167,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 pub struct IfName(String);
 
 impl IfName {
+    /// The name as netlink requests and messages take it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -204,10 +254,15 @@ impl fmt::Display for MacAddr {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkEnd {
+    /// The pod whose ADD makes this end.
     pub pod: PodRef,
+    /// The interface inside the pod; no pod interface is an end of two links.
     pub ifname: IfName,
+    /// The pod interface's addresses, each a host address with its prefix;
+    /// none leaves the interface without an address.
     #[serde(default, deserialize_with = "unambiguous_addresses")]
     pub ips: Vec<IpNet>,
+    /// The pod interface's MAC; absent, the kernel picks a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
 }
@@ -238,11 +293,14 @@ fn unambiguous_addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> R
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
+    /// The end written first, [`Link::a`].
     A,
+    /// The end written second, [`Link::b`].
     B,
 }
 
 impl Side {
+    /// The side of this end's peer.
     pub fn other(self) -> Self {
         match self {
             Side::A => Side::B,
@@ -258,6 +316,8 @@ impl Side {
         }
     }
 
+    /// `a` or `b`: the side as store keys, host interface names and the
+    /// topology's JSON spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Side::A => "a",
@@ -277,10 +337,14 @@ pub struct Link {
     /// An optional stable name; without one the id is derived from the ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The end written first ([`Side::A`]).
     #[serde(deserialize_with = "map_only")]
     pub a: LinkEnd,
+    /// The end written second ([`Side::B`]).
     #[serde(deserialize_with = "map_only")]
     pub b: LinkEnd,
+    /// The MTU of both ends' veths, in bytes; absent, the node's default (see
+    /// [`crate::config::Settings::link_mtu`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
 }
@@ -298,6 +362,7 @@ impl Link {
         }
     }
 
+    /// The end on `side`, for code that holds a [`Side`] rather than a field.
     pub fn end(&self, side: Side) -> &LinkEnd {
         match side {
             Side::A => &self.a,
@@ -381,6 +446,8 @@ fn is_host_address(ip: &IpNet) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// The links; once validated, no two share an id or a pod interface.
+    /// Read back from the store, they come in id order.
     #[serde(deserialize_with = "maps_only")]
     pub links: Vec<Link>,
 }

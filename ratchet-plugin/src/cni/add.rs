@@ -14,7 +14,7 @@ use crate::{
 /// One store transaction for the lookup and the attach (two behind a boot
 /// network, which runs outside the store's lock: it may take long, and
 /// every other verb of the node would wait for it).
-pub async fn add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
+pub async fn cmd_add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniError> {
     chain::warn_unused_seed_keys(config);
     let (settings, pod) = (&config.settings, env.pod()?);
     let mut store = ends::open_store(settings).await?;

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Checks the ends, then the delegate.
-pub async fn check(config: &Config, env: &CniEnv) -> Result<(), CniError> {
+pub async fn cmd_check(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     let holding = ends::inspect_container(&config.settings, &env.container_id, env.pod().ok()).await?;
     let ours = match holding.is_empty() {
         true => Vec::new(),

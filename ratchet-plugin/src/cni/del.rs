@@ -6,7 +6,7 @@ use super::{chain, env::CniEnv, error::CniError, request::Config};
 use crate::{ends, store::Store};
 
 /// Releases, then tells the delegate.
-pub async fn del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
+pub async fn cmd_del(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     let mut store = ends::open_store(&config.settings).await?;
     let tx = store.begin().await?;
     let released = ends::release_container(tx, &config.settings, &env.container_id, env.pod().ok()).await?;

@@ -11,7 +11,7 @@ use super::{chain, error::CniError, request::Config};
 pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 
 /// Collects ratchet's garbage, then the delegates'; reports every failure.
-pub async fn gc(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
+pub async fn cmd_gc(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
     let mut errors = collect_ours(config).await;
     let valid = config.raw.get(VALID_ATTACHMENTS).cloned().unwrap_or(Value::Array(Vec::new()));
     for delegate in chain::node_delegates(config)? {

@@ -4,7 +4,7 @@
 //! Nothing but the result (or the error) ever reaches stdout: a runtime
 //! parses it, and any other byte there fails the pod. Each verb is a file
 //! of its own, reading like the reference plugins' `cmdAdd`/`cmdDel`: it
-//! decides which networks serve the pod ([`chain`]) and asks
+//! decides which networks serve the pod (`chain`) and asks
 //! [`crate::ends`] for the link ends. Errors of every layer become a
 //! [`CniError`] with its code in one place ([`error`]).
 
@@ -84,13 +84,13 @@ fn dispatch(verb: Verb, config: &Config) -> Result<Option<serde_json::Value>, Cn
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Io(e.to_string()))?;
     match verb {
         Verb::Add(env) => {
-            let result = runtime.block_on(add::add(config, &env))?;
+            let result = runtime.block_on(add::cmd_add(config, &env))?;
             Ok(Some(encode_result(config.version, result)))
         }
-        Verb::Del(env) => runtime.block_on(del::del(config, &env)).map(|()| None),
-        Verb::Check(env) => runtime.block_on(check::check(config, &env)).map(|()| None),
-        Verb::Status(path) => runtime.block_on(status::status(config, &path)).map(|()| None),
-        Verb::Gc(path) => runtime.block_on(gc::gc(config, &path)).map(|()| None),
+        Verb::Del(env) => runtime.block_on(del::cmd_del(config, &env)).map(|()| None),
+        Verb::Check(env) => runtime.block_on(check::cmd_check(config, &env)).map(|()| None),
+        Verb::Status(path) => runtime.block_on(status::cmd_status(config, &path)).map(|()| None),
+        Verb::Gc(path) => runtime.block_on(gc::cmd_gc(config, &path)).map(|()| None),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Ready when ratchet is, and every delegate that knows STATUS says so.
-pub async fn status(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
+pub async fn cmd_status(config: &Config, path: &[PathBuf]) -> Result<(), CniError> {
     ours(config).await?;
     for delegate in chain::node_delegates(config)? {
         delegate.call_node_verb("STATUS", path, None)?;

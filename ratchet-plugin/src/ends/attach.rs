@@ -19,14 +19,14 @@ use super::{
 };
 use crate::{
     config::AttachMode,
-    dataplane::{Dataplane, Program},
+    dataplane::Dataplane,
     netlink::{LinkInfo, Netlink, VethSpec},
     pairing::{self, Entry},
     store::{
         Transaction,
         records::{self, EndRecord, EndRef, SandboxRecord},
     },
-    tc::{self, Iface},
+    tc::{self, Hook},
     topology::{Link, MacAddr, PodRef, Side},
 };
 
@@ -75,7 +75,7 @@ pub async fn attach_pod(
 ) -> Result<Vec<AttachedEnd>, EndsError> {
     let mut ends = Ends::for_attach(&mut tx, settings, Netlink::host()?).await?;
     let mut attach = Attach::new(&mut ends, sandbox)?;
-    let attached = attach.pod(&mut tx, links).await;
+    let attached = attach.all_ends(&mut tx, links).await;
     let attached = match attached {
         Ok(attached) => commit(tx).await.map(|()| attached),
         Err(error) => Err(error),
@@ -114,7 +114,7 @@ impl<'a> Ends<'a> {
         let mut attach = Attach::new(self, &sandbox)?;
         let planned = super::plan::end(attach.ends.settings, link, side);
         let attached = async {
-            attach.end(tx, &planned).await?;
+            attach.one_end(tx, &planned).await?;
             let mut held = records::container_ends(tx, sandbox.container_id).await?;
             held.push(EndRef { link: planned.link_id.clone(), side });
             Ok::<_, EndsError>(records::put_container_ends(tx, sandbox.container_id, &held).await?)
@@ -142,7 +142,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
     }
 
     /// Every end of the pod, then the sandbox's records.
-    async fn pod(&mut self, tx: &mut impl Transaction, links: &[Link]) -> Result<Vec<AttachedEnd>, EndsError> {
+    async fn all_ends(&mut self, tx: &mut impl Transaction, links: &[Link]) -> Result<Vec<AttachedEnd>, EndsError> {
         let sandbox = self.sandbox;
         if sandbox.claims_cni_ifname {
             self.ensure_free(sandbox.cni_ifname).await?;
@@ -151,7 +151,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         self.ends.release_held(tx, &planned).await?;
         let mut attached = Vec::with_capacity(planned.len());
         for end in &planned {
-            attached.push(self.end(tx, end).await?);
+            attached.push(self.one_end(tx, end).await?);
         }
         let held: Vec<EndRef> =
             planned.iter().map(|end| EndRef { link: end.link_id.clone(), side: end.side }).collect();
@@ -167,7 +167,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
     }
 
     /// One end: veth, program, counters, addresses, record, forwarding.
-    async fn end(&mut self, tx: &mut impl Transaction, end: &PlannedEnd<'_>) -> Result<AttachedEnd, EndsError> {
+    async fn one_end(&mut self, tx: &mut impl Transaction, end: &PlannedEnd<'_>) -> Result<AttachedEnd, EndsError> {
         self.clear_leftovers(end).await?;
         self.ensure_free(end.spec().ifname.as_str()).await?;
         let veth = self.make_veth(end).await?;
@@ -239,8 +239,8 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         failpoint!("add::veth-made");
         host.ready_host_end(veth.index, &end.host_ifname).await?;
         failpoint!("add::host-end-up");
-        let (mode, iface) = (self.ends.settings.attach, Iface { index: veth.index, name: &end.host_ifname });
-        tc::attach(&host, self.ends.loaded()?, iface, Program::ToPeer, mode).await?;
+        let hook = Hook::to_peer(veth.index, &end.host_ifname, self.ends.settings.attach);
+        tc::attach(&host, self.ends.loaded()?, hook).await?;
         failpoint!("add::attached");
         self.ends.loaded()?.track(veth.index)?;
         self.made.tracked.push(veth.index);

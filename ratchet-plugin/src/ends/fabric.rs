@@ -5,15 +5,15 @@ use std::collections::HashMap;
 
 use super::{EndsError, failpoint};
 use crate::{
-    config::{AttachMode, Settings},
-    dataplane::{Dataplane, Program},
+    config::Settings,
+    dataplane::Dataplane,
     netlink::Netlink,
     pairing::Fabric,
     store::{
         Transaction,
         records::{self, NodeRecord},
     },
-    tc::{self, Iface},
+    tc::{self, Hook},
 };
 
 /// The node's one VXLAN device: every cross-node link goes through it.
@@ -65,6 +65,5 @@ pub async fn join(
 
 async fn attach_tunnel(host: &Netlink, dataplane: &mut Dataplane, index: u32) -> Result<(), EndsError> {
     failpoint!("add::vxlan-made");
-    let iface = Iface { index, name: VXLAN_DEVICE };
-    Ok(tc::attach(host, dataplane, iface, Program::FromTunnel, AttachMode::Clsact).await?)
+    Ok(tc::attach(host, dataplane, Hook::from_tunnel(index, VXLAN_DEVICE)).await?)
 }

@@ -17,7 +17,7 @@ use crate::{
         Store, Transaction,
         records::{self, EndRecord},
     },
-    tc::{self, Iface},
+    tc::{self, Hook},
     topology::{Link, PodRef, Side},
 };
 
@@ -163,8 +163,8 @@ async fn check_host_end(ends: &Ends<'_>, dataplane: &Dataplane, record: &EndReco
     if found.index != record.host_ifindex {
         return Err(drift(format!("is ifindex {}, ADD made {}", found.index, record.host_ifindex)));
     }
-    let iface = Iface { index: found.index, name };
-    if !tc::attached(&ends.host, dataplane, iface, Program::ToPeer, ends.settings.attach).await? {
+    let hook = Hook::to_peer(found.index, name, ends.settings.attach);
+    if !tc::attached(&ends.host, dataplane, hook).await? {
         return Err(drift(format!("{} is not attached to its ingress", Program::ToPeer.name())));
     }
     Ok(())

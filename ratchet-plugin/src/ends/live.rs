@@ -10,14 +10,12 @@ use tracing::info;
 
 use super::{Ends, EndsError, Released, VXLAN_DEVICE};
 use crate::{
-    config::AttachMode,
-    dataplane::Program,
     netlink::Netlink,
     store::{
         Transaction,
         records::{self, EndRecord},
     },
-    tc::{self, Iface},
+    tc::{self, Hook},
     topology::{Link, Side},
 };
 
@@ -101,8 +99,7 @@ impl Ends<'_> {
                 let Some(end) = end.as_mut().filter(|end| end.node == node && end.generation != generation) else {
                     continue;
                 };
-                let iface = Iface { index: end.host_ifindex, name: &end.host_ifname };
-                tc::replace(&host, dataplane, iface, Program::ToPeer, mode).await?;
+                tc::replace(&host, dataplane, Hook::to_peer(end.host_ifindex, &end.host_ifname, mode)).await?;
                 dataplane.track(end.host_ifindex)?;
                 end.generation = generation;
                 records::put_end(tx, link, side, end).await?;
@@ -110,10 +107,10 @@ impl Ends<'_> {
             }
         }
         if let Some(index) = self.fabric.vxlan_ifindex {
-            let iface = Iface { index, name: VXLAN_DEVICE };
+            let hook = Hook::from_tunnel(index, VXLAN_DEVICE);
             let dataplane = self.loaded()?;
-            if !tc::attached(&host, dataplane, iface, Program::FromTunnel, AttachMode::Clsact).await? {
-                tc::replace(&host, dataplane, iface, Program::FromTunnel, AttachMode::Clsact).await?;
+            if !tc::attached(&host, dataplane, hook).await? {
+                tc::replace(&host, dataplane, hook).await?;
                 info!("restored the tunnel program on {VXLAN_DEVICE}");
             }
         }

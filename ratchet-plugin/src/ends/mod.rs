@@ -3,7 +3,7 @@
 //! knows CNI.
 //!
 //! Each operation runs inside one store transaction, in the same order:
-//! resolve the pod's ends from the records, plan them ([`plan`], pure),
+//! resolve the pod's ends from the records, plan them (`plan`, pure),
 //! apply with an undo log (veths, programs, counters, map entries), record,
 //! commit. A failure anywhere undoes what was made. A released end is
 //! unwired and forgotten inside the transaction (so no frame is redirected

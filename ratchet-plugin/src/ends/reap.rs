@@ -27,7 +27,10 @@ pub const SUBCOMMAND: &str = "reap";
 /// A host veth to delete: its ifindex and the name it had when released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Doomed {
+    /// The veth's ifindex, as its end was released.
     pub index: u32,
+    /// Its name then: the veth is deleted only while it still has it, so a
+    /// veth a new ADD made under that name is never touched.
     pub name: String,
 }
 

@@ -47,7 +47,7 @@ impl Released {
 
 /// DEL: releases every end the container holds, and deletes any veth of its
 /// pod's ends that a killed ADD or DEL left with no record (see
-/// [`orphans`]); commits; then hands the veths to a detached reaper.
+/// `orphans`); commits; then hands the veths to a detached reaper.
 /// Returns the released ends' records (none for a container ratchet never
 /// served).
 pub async fn release_container(

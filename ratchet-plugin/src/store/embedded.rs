@@ -16,6 +16,7 @@ use crate::files::LOCK_WAIT;
 /// The file name inside the state directory.
 const FILE_NAME: &str = "store.sqlite";
 
+/// The SQLite file in `state_dir`, through this process's own connection.
 pub struct EmbeddedStore {
     conn: Connection,
     path: String,
@@ -77,6 +78,8 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// A `BEGIN IMMEDIATE` transaction: other writers wait until it commits,
+/// or is dropped and rolled back.
 pub struct EmbeddedTx<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a str,

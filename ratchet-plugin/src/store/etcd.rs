@@ -33,9 +33,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How to reach etcd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdConfig {
+    /// The endpoints, `http://host:port` (`https://` with TLS); never empty.
     pub endpoints: Vec<String>,
     /// User and password, when etcd has authentication on.
     pub credentials: Option<(String, String)>,
+    /// TLS, when the config names a CA; plain HTTP otherwise.
     pub tls: Option<EtcdTls>,
 }
 
@@ -58,7 +60,10 @@ impl EtcdConfig {
 /// asks for one. All PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdTls {
+    /// The CA that signed etcd's server certificate.
     pub ca: PathBuf,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`;
+    /// `None` unless the config gives both.
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
@@ -78,6 +83,8 @@ impl EtcdTls {
     }
 }
 
+/// etcd as a [`Store`]: a client, and the node-local lock file that keeps
+/// this node's verbs (and their map changes) one at a time.
 pub struct EtcdStore {
     client: Client,
     endpoints: String,
@@ -153,6 +160,8 @@ impl Store for EtcdStore {
     }
 }
 
+/// An optimistic transaction: reads are remembered, writes buffered until
+/// [`Transaction::commit`]; the node-local lock is held throughout.
 pub struct EtcdTx<'a> {
     store: &'a mut EtcdStore,
     /// Each key read, with the revision it was read at (0: absent).

@@ -29,21 +29,53 @@ use crate::config::Settings;
 pub enum StoreError {
     /// Another process holds the store for longer than we wait: retrying helps.
     #[error("store at {path} is busy (locked for more than {waited:?})")]
-    Busy { path: String, waited: Duration },
+    Busy {
+        /// The store file or lock file that is held.
+        path: String,
+        /// How long we waited ([`crate::files::LOCK_WAIT`]).
+        waited: Duration,
+    },
+    /// A file the store needs (its database, directory or lock) could not
+    /// be used; not transient.
     #[error("store at {path}: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// The file or directory it failed on.
+        path: String,
+        /// What went wrong, as SQLite or the kernel put it.
+        message: String,
+    },
+    /// A record or its key does not parse, or an index names a record that
+    /// is not there: the store was damaged or written by something else.
     #[error("store record {key} is not valid: {message}")]
-    Corrupt { key: String, message: String },
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// etcd cannot be reached or did not answer in time: retrying helps.
     #[error("etcd at {endpoints} is unavailable: {message}")]
-    Unavailable { endpoints: String, message: String },
+    Unavailable {
+        /// The configured endpoints, comma-separated.
+        endpoints: String,
+        /// The client's error.
+        message: String,
+    },
     /// etcd refused the request (bad credentials, no permission): the
     /// config must change, retrying does not help.
     #[error("etcd at {endpoints} refused: {message}")]
-    Refused { endpoints: String, message: String },
+    Refused {
+        /// The configured endpoints, comma-separated.
+        endpoints: String,
+        /// etcd's reason, or why the TLS files could not be read.
+        message: String,
+    },
     /// Another node changed what this transaction read: retrying helps.
     #[error("etcd at {endpoints}: another writer changed these records first")]
-    Conflict { endpoints: String },
+    Conflict {
+        /// The configured endpoints, comma-separated.
+        endpoints: String,
+    },
     /// The store holds nothing while the node's maps count attached ends:
     /// it was deleted, truncated or emptied under them.
     #[error(
@@ -52,7 +84,16 @@ pub enum StoreError {
          without it. Run `ratchet reset --state-dir {state_dir} --pin-root {pin_root}` to remove this node's link \
          ends and pins, then apply the topology again and recreate the pods"
     )]
-    Lost { path: String, state_dir: String, pin_root: String, ends: usize },
+    Lost {
+        /// The store's file.
+        path: String,
+        /// The node's `state_dir`, for the `ratchet reset` the message gives.
+        state_dir: String,
+        /// The node's `pin_root`, whose counters show the attached ends.
+        pin_root: String,
+        /// How many host veths the pinned counters track.
+        ends: usize,
+    },
 }
 
 impl StoreError {
@@ -92,6 +133,8 @@ impl AnyStore {
         }
     }
 
+    /// Whether this is etcd, the only backend that knows which nodes'
+    /// agents are alive.
     pub fn is_etcd(&self) -> bool {
         matches!(self, AnyStore::Etcd(_))
     }
@@ -99,13 +142,17 @@ impl AnyStore {
 
 /// Either backend, so the verbs are written once.
 pub enum AnyStore {
+    /// The SQLite file in `state_dir`, for one node.
     Embedded(EmbeddedStore),
     /// Boxed: the etcd client is a few KiB.
     Etcd(Box<EtcdStore>),
 }
 
+/// A transaction on either backend, as [`AnyStore`] begins it.
 pub enum AnyTx<'a> {
+    /// A SQLite `BEGIN IMMEDIATE` transaction: exclusive among writers.
     Embedded(EmbeddedTx<'a>),
+    /// An optimistic etcd transaction, checked against what it read at commit.
     Etcd(EtcdTx<'a>),
 }
 
@@ -161,6 +208,7 @@ impl Transaction for AnyTx<'_> {
 /// the futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait Store {
+    /// The backend's transaction; it borrows the store until committed or dropped.
     type Tx<'a>: Transaction
     where
         Self: 'a;
@@ -174,11 +222,16 @@ pub trait Store {
 /// before [`Transaction::commit`], and a commit applies all or nothing.
 #[allow(async_fn_in_trait)]
 pub trait Transaction {
+    /// The value at `key` as this transaction sees it, its own writes
+    /// included; `None` when there is none.
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every key starting with `prefix`, in key order, with its value.
     async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Sets `key` to `value`, replacing whatever it held.
     async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; removing a key that is not there is not an error.
     async fn delete(&mut self, key: &str) -> Result<(), StoreError>;
+    /// Applies every write, or none; with etcd, fails with
+    /// [`StoreError::Conflict`] when a key read has changed since.
     async fn commit(self) -> Result<(), StoreError>;
 }

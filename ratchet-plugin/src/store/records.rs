@@ -29,15 +29,25 @@ const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
 /// even when the pod's netns is already gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndRecord {
+    /// The sandbox that holds the end (`CNI_CONTAINERID`): a DEL or GC on
+    /// behalf of another container leaves the end alone.
     pub container_id: String,
     /// The `CNI_IFNAME` of the attachment, so GC can match valid attachments.
     pub cni_ifname: String,
+    /// The end's pod, for `ratchet links` and the agent's metric labels.
     pub pod: PodRef,
+    /// The pod's netns, by the path ADD was given; CHECK wants the same netns.
     pub netns: String,
     /// The interface inside the pod.
     pub ifname: IfName,
+    /// The host veth's name ([`crate::naming::host_ifname`]).
     pub host_ifname: String,
+    /// The host veth's ifindex as ADD made it: its key in the maps, and with
+    /// the name how a verb tells the veth is still that one
+    /// ([`crate::ends::is_live`]).
     pub host_ifindex: u32,
+    /// The node the end is attached on ([`crate::config::Settings::node`]);
+    /// against the peer's, it decides between a direct and a tunnelled link.
     pub node: String,
     /// The [`crate::dataplane::Dataplane::generation`] its map entries were
     /// written in; entries of an older generation died with their maps.
@@ -57,9 +67,15 @@ pub struct EndRecord {
 /// removes link ends when the topology changes while the pod runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
+    /// The sandbox's `CNI_CONTAINERID`: ends the agent adds are held under it.
     pub container_id: String,
+    /// The attachment's `CNI_IFNAME`, carried into the records of ends the
+    /// agent adds so GC matches them too.
     pub cni_ifname: String,
+    /// The sandbox's netns, by path; the agent passes over a sandbox whose
+    /// netns is gone.
     pub netns: String,
+    /// The node the sandbox runs on: only that node's agent changes its ends.
     pub node: String,
 }
 
@@ -73,7 +89,9 @@ pub struct NodeRecord {
 /// A link end a container attached, as listed under its container id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndRef {
+    /// The link's id ([`Link::id`]).
     pub link: String,
+    /// Which of the link's ends the container holds.
     pub side: Side,
 }
 
@@ -125,14 +143,18 @@ fn sandbox_key(pod: &PodRef) -> String {
     format!("{SANDBOXES}{}/{}", pod.namespace, pod.name)
 }
 
+/// Records the sandbox that holds `pod`'s ends, replacing an earlier one's.
 pub async fn put_sandbox(tx: &mut impl Transaction, pod: &PodRef, sandbox: &SandboxRecord) -> Result<(), StoreError> {
     put_json(tx, &sandbox_key(pod), sandbox).await
 }
 
+/// The sandbox recorded for `pod`: the one ADD last gave links to, until
+/// its DEL; `None` when there is none.
 pub async fn sandbox(tx: &mut impl Transaction, pod: &PodRef) -> Result<Option<SandboxRecord>, StoreError> {
     get_json(tx, &sandbox_key(pod)).await
 }
 
+/// Forgets `pod`'s sandbox; one not recorded is not an error.
 pub async fn delete_sandbox(tx: &mut impl Transaction, pod: &PodRef) -> Result<(), StoreError> {
     tx.delete(&sandbox_key(pod)).await
 }
@@ -168,6 +190,8 @@ async fn assign_vnis(tx: &mut impl Transaction, topology: &Topology) -> Result<(
     put_json(tx, VNI_NEXT, &next).await
 }
 
+/// The VNI a link was given when a topology named it; `None` for a link
+/// the stored topology does not have.
 pub async fn link_vni(tx: &mut impl Transaction, link: &str) -> Result<Option<u32>, StoreError> {
     get_json(tx, &format!("{VNIS}{link}")).await
 }
@@ -182,6 +206,7 @@ pub async fn alive_nodes(tx: &mut impl Transaction) -> Result<Vec<String>, Store
     Ok(tx.scan(ALIVE).await?.into_iter().map(|(key, _)| key[ALIVE.len()..].to_owned()).collect())
 }
 
+/// Every node registered for cross-node links, with its record.
 pub async fn nodes(tx: &mut impl Transaction) -> Result<Vec<(String, NodeRecord)>, StoreError> {
     let mut out = Vec::new();
     for (key, bytes) in tx.scan(NODES).await? {
@@ -201,11 +226,13 @@ pub async fn ensure_topology(tx: &mut impl Transaction, topology: &Topology) -> 
     Ok(())
 }
 
+/// The stored topology, its links in id order.
 pub async fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
     let links = tx.scan(LINKS).await?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
     Ok(Topology { links })
 }
 
+/// The stored link with id `id`; `None` when the topology has none.
 pub async fn link(tx: &mut impl Transaction, id: &str) -> Result<Option<Link>, StoreError> {
     get_json(tx, &format!("{LINKS}{id}")).await
 }
@@ -229,6 +256,7 @@ fn end_key(link: &str, side: Side) -> String {
     format!("{ENDS}{link}/{}", side.as_str())
 }
 
+/// The record of a link's end on `side`; `None` while it is not attached.
 pub async fn end(tx: &mut impl Transaction, link: &str, side: Side) -> Result<Option<EndRecord>, StoreError> {
     get_json(tx, &end_key(link, side)).await
 }
@@ -268,6 +296,8 @@ pub async fn links_with_ends(
     Ok(by_link)
 }
 
+/// Writes an attached end's record, replacing any earlier one; its place in
+/// the container's list is the caller's ([`put_container_ends`]).
 pub async fn put_end(tx: &mut impl Transaction, link: &str, side: Side, record: &EndRecord) -> Result<(), StoreError> {
     put_json(tx, &end_key(link, side), record).await
 }
@@ -276,6 +306,7 @@ async fn delete_end(tx: &mut impl Transaction, link: &str, side: Side) -> Result
     tx.delete(&end_key(link, side)).await
 }
 
+/// The ends a container holds, as listed under its id; empty when none.
 pub async fn container_ends(tx: &mut impl Transaction, container_id: &str) -> Result<Vec<EndRef>, StoreError> {
     Ok(get_json(tx, &format!("{CONTAINERS}{container_id}")).await?.unwrap_or_default())
 }
