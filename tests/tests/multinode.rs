@@ -5,229 +5,14 @@
 //! it, and an agent per node.
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use ratchet_tests::{Pod, Reply, call_command, end, kubelet_env, pattern, ratchet_bin, run, tcp_transfer, unique};
+use ratchet_tests::{Pod, Rig, call_command, end, kubelet_env, pattern, run, tcp_transfer, unique};
 use serde_json::{Value, json};
-
-/// The underlay: node `i` has 10.203.0.`i+1`; every rig is in netns of its own.
-fn underlay_ip(index: usize) -> String {
-    format!("10.203.0.{}", index + 1)
-}
-
-const ETCD_PORT: u16 = 2379;
-
-/// One node: its netns (as a `Pod`, which deletes it on drop), state and pins.
-struct Node {
-    name: String,
-    netns: Pod,
-    state_dir: tempfile::TempDir,
-    pin_root: PathBuf,
-    agent: Option<Child>,
-}
-
-/// Two nodes, an underlay between them and etcd in the first.
-struct Rig {
-    nodes: Vec<Node>,
-    etcd: Option<Child>,
-    _etcd_dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn new() -> Self {
-        let nodes: Vec<Node> = (0..2)
-            .map(|i| Node {
-                name: format!("node-{i}"),
-                netns: Pod::new("nodes", &format!("node{i}")),
-                state_dir: tempfile::tempdir().unwrap(),
-                pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtn"))),
-                agent: None,
-            })
-            .collect();
-        let (a, b) = (&nodes[0].netns.netns, &nodes[1].netns.netns);
-        run("ip", &["-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b]);
-        for (i, node) in nodes.iter().enumerate() {
-            let ns = &node.netns.netns;
-            run("ip", &["-n", ns, "addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "ul0"]);
-            run("ip", &["-n", ns, "link", "set", "ul0", "up"]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let etcd_dir = tempfile::tempdir().unwrap();
-        let mut rig = Self { nodes, etcd: None, _etcd_dir: etcd_dir };
-        rig.start_etcd();
-        rig
-    }
-
-    fn etcd_endpoint(&self) -> String {
-        format!("http://{}:{ETCD_PORT}", underlay_ip(0))
-    }
-
-    fn start_etcd(&mut self) {
-        let client = self.etcd_endpoint();
-        let data = self._etcd_dir.path().join("data");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[0].netns.netns, "etcd", "--name", "n0"])
-            .arg(format!("--data-dir={}", data.display()))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args([
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-            ])
-            .args([
-                "--initial-cluster",
-                "n0=http://127.0.0.1:2380",
-                "--heartbeat-interval=10",
-                "--election-timeout=100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.etcd = Some(child);
-        let address = format!("{}:{ETCD_PORT}", underlay_ip(0));
-        let healthy = self.nodes[1]
-            .netns
-            .within(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline {
-                    if etcd_is_healthy(&address) {
-                        return true;
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
-                false
-            })
-            .join()
-            .unwrap();
-        assert!(healthy, "etcd did not become healthy, seen from the other node");
-    }
-
-    /// The network config every node's runtime hands the plugin.
-    fn config(&self, index: usize) -> Value {
-        let node = &self.nodes[index];
-        json!({
-            "cniVersion": "1.0.0",
-            "name": "ratchet-multinode",
-            "type": "ratchet",
-            "state_dir": node.state_dir.path(),
-            "pin_root": node.pin_root,
-            "node_name": node.name,
-            "node_ip": underlay_ip(index),
-            "node_lease_seconds": 2,
-            "etcd_endpoints": [self.etcd_endpoint()],
-        })
-    }
-
-    /// Runs `ratchet ARGS` inside a node's netns.
-    fn ratchet(&self, index: usize, args: &[&str]) -> Command {
-        let mut command = Command::new("nsenter");
-        command.arg(format!("--net={}", self.nodes[index].netns.netns_path())).arg(ratchet_bin()).args(args);
-        command
-    }
-
-    /// The CLI on node `index`, with that node's own state dir, pin root and
-    /// etcd: never the defaults, which belong to the machine's ratchet.
-    fn cli(&self, index: usize, args: &[&str]) -> Command {
-        let node = &self.nodes[index];
-        let (state_dir, pin_root) = (node.state_dir.path().to_str().unwrap(), node.pin_root.to_str().unwrap());
-        let endpoint = self.etcd_endpoint();
-        let mut full = vec!["--state-dir", state_dir, "--pin-root", pin_root, "--etcd-endpoints", &endpoint];
-        full.extend(args);
-        self.ratchet(index, &full)
-    }
-
-    fn apply(&self, topology: &Value) {
-        let file = self.nodes[0].state_dir.path().join(unique("topology-"));
-        std::fs::write(&file, topology.to_string()).unwrap();
-        let out = self.cli(0, &["topology", "apply", file.to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "topology apply: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn start_agent(&mut self, index: usize) {
-        let config = self.nodes[index].state_dir.path().join("agent.json");
-        std::fs::write(&config, self.config(index).to_string()).unwrap();
-        let log = File::create(self.nodes[index].state_dir.path().join("agent.log")).unwrap();
-        let child = self
-            .ratchet(index, &["agent", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start agent");
-        self.nodes[index].agent = Some(child);
-    }
-
-    /// A CNI verb for `pod` on node `index`, retried while the answer is
-    /// "try again later" (11), as kubelet retries.
-    fn cni(&self, index: usize, command: &str, pod: &Pod) -> Reply {
-        let env = kubelet_env(command, pod);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let config = self.config(index).to_string();
-        for _ in 0..10 {
-            let reply = call_command(self.ratchet(index, &[]), &env, config.as_bytes());
-            if reply.code() != Some(11) {
-                return reply;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{command} kept answering 11");
-    }
-
-    /// The peers map of node `index`, as bpftool dumps it.
-    fn peers(&self, index: usize) -> Vec<Value> {
-        self.try_peers(index).expect("node's peers map is pinned")
-    }
-
-    /// The same, or `None` while the map is not pinned.
-    fn try_peers(&self, index: usize) -> Option<Vec<Value>> {
-        let pin = self.nodes[index].pin_root.join("peers");
-        let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(pin).output().ok()?;
-        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-}
-
-fn etcd_is_healthy(address: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    let mut response = String::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_string(&mut response).is_ok()
-        && response.contains("\"health\":\"true\"")
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut agent) = node.agent.take() {
-                let _ = agent.kill();
-                let _ = agent.wait();
-            }
-            let _ = std::fs::remove_dir_all(&node.pin_root);
-            // A load the agent was killed in the middle of.
-            for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{}-loading-", node.pin_root.file_name().unwrap().to_string_lossy())) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
-    }
-}
 
 /// Pings until answered, for at most `seconds`.
 fn eventually_pings(pod: &Pod, ip: &str, seconds: u32) -> bool {
@@ -306,31 +91,6 @@ fn two_ends_added_at_once_on_two_nodes_make_one_link() {
     assert!(eventually_pings(&alpha, "10.77.0.2", 5), "one link, carrying traffic");
 }
 
-impl Rig {
-    fn stop_agent(&mut self, index: usize) {
-        let mut agent = self.nodes[index].agent.take().expect("the agent runs");
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
-
-    /// Waits up to five seconds for node `index`'s peers map to hold `count` entries.
-    fn peers_settle(&self, index: usize, count: usize) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.try_peers(index).is_some_and(|peers| peers.len() == count) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    fn links(&self) -> Vec<Value> {
-        let out = self.cli(0, &["links", "--json"]).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
 /// Two nodes with agents and one live link between alpha (node 0) and beta (node 1).
 fn live_cross_node_link() -> (Rig, Pod, Pod, String) {
     let mut rig = Rig::new();
@@ -376,7 +136,6 @@ fn an_end_whose_pod_vanished_is_forgotten_and_its_peer_unwired() {
 /// Scrapes node `index`'s agent over HTTP, from inside the node.
 fn scrape(rig: &Rig, index: usize) -> String {
     rig.nodes[index]
-        .netns
         .within(|| {
             let mut stream = TcpStream::connect("127.0.0.1:9478").expect("the agent serves metrics");
             stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -413,12 +172,12 @@ fn the_agent_restores_forwarding_after_the_pins_are_removed() {
     let (rig, alpha, beta, _) = live_cross_node_link();
     // Programs and maps lose their pins (bpffs remounted, or removed by hand):
     // the attached copies keep forwarding on the old maps meanwhile.
-    std::fs::remove_dir_all(&rig.nodes[0].pin_root).unwrap();
+    std::fs::remove_dir_all(&rig.node(0).pin_root).unwrap();
     assert!(rig.peers_settle(0, 1), "the agent loaded the programs again and wrote node 0's entry");
-    let tunnel = rig.nodes[0].pin_root.join("ratchet_from_vx");
+    let tunnel = rig.node(0).pin_root.join("ratchet_from_vx");
     assert!(tunnel.exists(), "pins are back");
     assert!(eventually_pings(&alpha, "10.77.0.2", 5), "forwarding runs on the new maps");
-    let program = rig.nodes[0].pin_root.join("ratchet_to_peer");
+    let program = rig.node(0).pin_root.join("ratchet_to_peer");
     let shown: Value =
         serde_json::from_str(&run("bpftool", &["-j", "prog", "show", "pinned", program.to_str().unwrap()])).unwrap();
     let links = rig.links();
@@ -426,7 +185,7 @@ fn the_agent_restores_forwarding_after_the_pins_are_removed() {
         links.iter().flat_map(|l| l["ends"].as_array().unwrap().clone()).find(|e| e["pod"] == "default/alpha");
     let host_end = alpha_end.unwrap()["host_ifname"].as_str().unwrap().to_owned();
     let filters =
-        run("ip", &["netns", "exec", &rig.nodes[0].netns.netns, "tc", "filter", "show", "dev", &host_end, "ingress"]);
+        run("ip", &["netns", "exec", &rig.nodes[0].netns, "tc", "filter", "show", "dev", &host_end, "ingress"]);
     assert!(
         filters.contains(&format!(" id {} ", shown["id"])),
         "alpha's host end runs the reloaded program: {filters}"
@@ -498,21 +257,21 @@ fn only_the_peers_node_may_send_into_a_link() {
     rig.start_agent(1);
     assert!(rig.cni(0, "ADD", &alpha).success && rig.cni(1, "ADD", &beta).success);
     assert!(eventually_pings(&alpha, "10.77.0.2", 5), "the link is up");
-    let pin = rig.nodes[1].pin_root.join("vnis");
+    let pin = rig.node(1).pin_root.join("vnis");
     let vnis: Vec<Value> =
         serde_json::from_str(&run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()])).unwrap();
     let vni = vnis[0]["formatted"]["key"].as_u64().unwrap().to_string();
 
     let intruder = Pod::new("nodes", "intruder");
-    let node1 = &rig.nodes[1].netns.netns;
+    let node1 = &rig.nodes[1].netns;
     run("ip", &["-n", node1, "link", "add", "ulx", "type", "veth", "peer", "name", "ulx", "netns", &intruder.netns]);
     run("ip", &["-n", node1, "addr", "add", "10.203.9.1/24", "dev", "ulx"]);
     run("ip", &["-n", node1, "link", "set", "ulx", "up"]);
     run("ip", &["-n", &intruder.netns, "addr", "add", "10.203.9.2/24", "dev", "ulx"]);
-    run("ip", &["-n", &intruder.netns, "addr", "add", &format!("{}/32", underlay_ip(0)), "dev", "ulx"]);
+    run("ip", &["-n", &intruder.netns, "addr", "add", &format!("{}/32", rig.node(0).ip), "dev", "ulx"]);
     run("ip", &["-n", &intruder.netns, "link", "set", "ulx", "up"]);
     let beta_knows_intruder = || !beta.exec(&["ip", "neigh", "show", "10.77.0.9"]).stdout.is_empty();
-    for (source, reaches) in [("10.203.9.2".to_owned(), false), (underlay_ip(0), true)] {
+    for (source, reaches) in [("10.203.9.2".to_owned(), false), (rig.node(0).ip.clone(), true)] {
         let vxlan = ["link", "add", "vxi", "type", "vxlan", "id", &vni, "local", &source, "remote", "10.203.9.1"];
         run("ip", &[&["-n", &intruder.netns][..], &vxlan, &["dstport", "4789"]].concat());
         run("ip", &["-n", &intruder.netns, "addr", "add", "10.77.0.9/24", "dev", "vxi"]);
@@ -535,7 +294,7 @@ fn an_add_failing_after_the_vxlan_device_is_made_removes_it() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let reply = call_command(rig.ratchet(0, &[]), &env, rig.config(0).to_string().as_bytes());
     assert!(!reply.success && reply.error_text().contains("add::vxlan-made"), "{}", reply.stdout);
-    let node = &rig.nodes[0].netns;
+    let node = &rig.nodes[0];
     assert!(node.link("rtvx0").is_none(), "the VXLAN device went with the failed ADD");
     assert!(alpha.link("in1").is_none(), "and nothing of alpha's end was made");
 

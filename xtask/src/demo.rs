@@ -8,7 +8,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -16,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
+use ratchet_harness::runtime::{self, container_id, pod_args, verb_env};
 use serde_json::{Value, json};
 
 use crate::{
@@ -125,7 +125,7 @@ pub fn run() -> anyhow::Result<()> {
         Pod {
             name: "alpha",
             netns: format!("{prefix}-a"),
-            container_id: container_id(&format!("{prefix}-alpha")),
+            container_id: unique_container_id(&format!("{prefix}-alpha")),
             ifname: "in1",
             ipv4: "10.99.0.1/24",
             ipv6: "fd99::1/64",
@@ -133,7 +133,7 @@ pub fn run() -> anyhow::Result<()> {
         Pod {
             name: "beta",
             netns: format!("{prefix}-b"),
-            container_id: container_id(&format!("{prefix}-beta")),
+            container_id: unique_container_id(&format!("{prefix}-beta")),
             ifname: "in2",
             ipv4: "10.99.0.2/24",
             ipv6: "fd99::2/64",
@@ -330,39 +330,18 @@ impl Demo {
 
     /// Runs one CNI verb the way libcni does and returns the plugin's stdout.
     fn cni(&self, verb: &str, pod: &Pod, netns: &str, conf: &Value) -> anyhow::Result<String> {
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-            pod.name, pod.container_id
-        );
-        let vars = [
-            ("CNI_COMMAND", verb),
-            ("CNI_CONTAINERID", &pod.container_id),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-            ("CNI_ARGS", &args),
-        ];
-        let mut cmd = command(&self.bin);
-        cmd.envs(vars);
+        let args = pod_args("demo", pod.name, Some(&pod.container_id));
+        let vars = verb_env(verb, &pod.container_id, netns, &args);
         let stdin = serde_json::to_vec(conf)?;
         // In the order a reader wants them, one per line: the ids are long.
-        println!("+ {} \\", vars.map(|(key, value)| format!("{key}={}", util::quote(value.as_ref()))).join(" \\\n  "));
+        let shown: Vec<String> =
+            vars.iter().map(|(key, value)| format!("{key}={}", util::quote(value.as_ref()))).collect();
+        println!("+ {} \\", shown.join(" \\\n  "));
         println!("  {} <<'EOF'\n{}\nEOF", self.bin.display(), String::from_utf8_lossy(&stdin));
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+        let reply = runtime::invoke(Command::new(&self.bin), &vars, &stdin)
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        // A plugin that fails before reading stdin closes it: its exit
-        // status and error (on stdout) say more than our EPIPE.
-        let written = child.stdin.take().expect("piped").write_all(&stdin);
-        let output = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!("CNI {verb} for demo/{} failed ({}): {}", pod.name, output.status, stdout.trim());
-        }
-        written.context("writing the config to the plugin's stdin")?;
-        Ok(stdout)
+        let reply = reply.checked().with_context(|| format!("CNI {verb} for demo/{}", pod.name))?;
+        Ok(reply.stdout)
     }
 }
 
@@ -457,15 +436,7 @@ fn alive(pid: &str) -> bool {
 }
 
 /// A container id shaped like containerd's: 64 hex digits, unique per run.
-fn container_id(seed: &str) -> String {
+fn unique_container_id(seed: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut id = String::with_capacity(64);
-    for round in 0..4u8 {
-        for byte in seed.bytes().chain(nanos.to_le_bytes()).chain([round]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        id.push_str(&format!("{hash:016x}"));
-    }
-    id
+    container_id(&format!("{seed}-{nanos}"))
 }

@@ -64,7 +64,7 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
 
 /// Where a node's ratchet keeps its state and pins by default. A developer's
 /// machine may run ratchet for real, so no test may use these: each test
-/// node has its own (see `tests/src/lib.rs`).
+/// node has its own (see `tests/src/node.rs`).
 const NODE_DEFAULTS: [&str; 2] = ["/var/lib/ratchet", "/sys/fs/bpf/ratchet"];
 
 /// Those of `untouched` (absent before the tests) that exist now; they are

@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -12,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use ratchet_harness::runtime::{self, container_id, pod_args, verb_env};
 use serde_json::Value;
 
 use crate::util::{self, command};
@@ -108,6 +108,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The `CNI_*` variables kubelet would set for a verb of `plugin` on
+    /// the bench pod `pod` in `netns`: a container id of its own per plugin
+    /// and pod.
+    pub fn cni_env(&self, plugin: &Path, verb: &str, netns: &str, pod: &str) -> Vec<(&'static str, String)> {
+        let id = container_id(&format!("{}-{}-{pod}", self.prefix, plugin.display()));
+        verb_env(verb, &id, &format!("/run/netns/{netns}"), &pod_args("bench", pod, Some(&id)))
+    }
+
     /// Runs one CNI verb the way libcni does (the plugin's entry on stdin,
     /// the `CNI_*` variables) and returns its wall time and stdout.
     pub fn cni(
@@ -118,40 +126,11 @@ impl Lab {
         pod: &str,
         conf: &Value,
     ) -> anyhow::Result<(Duration, String)> {
-        let id = container_id(&format!("{}-{}-{pod}", self.prefix, plugin.display()));
-        let args =
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={id}");
-        let netns_path = format!("/run/netns/{netns}");
-        let stdin = serde_json::to_vec(conf)?;
-        let mut cmd = command(plugin);
-        cmd.envs([
-            ("CNI_COMMAND", verb),
-            ("CNI_CONTAINERID", &id),
-            ("CNI_NETNS", &netns_path),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-            ("CNI_ARGS", &args),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let started = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("cannot run {}", plugin.display()))?;
-        let written = child.stdin.take().expect("piped").write_all(&stdin);
-        let output = child.wait_with_output()?;
-        let took = started.elapsed();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!(
-                "CNI {verb} by {} for {pod} failed ({}): {} {}",
-                plugin.display(),
-                output.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        written.context("writing the config to the plugin's stdin")?;
-        Ok((took, stdout))
+        let env = self.cni_env(plugin, verb, netns, pod);
+        let reply = runtime::invoke(Command::new(plugin), &env, &serde_json::to_vec(conf)?)
+            .with_context(|| format!("cannot run {}", plugin.display()))?;
+        let reply = reply.checked().with_context(|| format!("CNI {verb} by {} for {pod}", plugin.display()))?;
+        Ok((reply.took, reply.stdout))
     }
 
     /// Removes what is still there and says what it removed.
@@ -267,17 +246,4 @@ fn host_veths_of(ids: &[u64]) -> Vec<String> {
         .filter(|link| link["link_netnsid"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter_map(|link| link["ifname"].as_str().map(String::from))
         .collect()
-}
-
-/// A container id shaped like containerd's: 64 hex digits, one per seed.
-fn container_id(seed: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut id = String::with_capacity(64);
-    for round in 0..4u8 {
-        for byte in seed.bytes().chain([round]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        id.push_str(&format!("{hash:016x}"));
-    }
-    id
 }

@@ -1,0 +1,49 @@
+//! What every fixture uses: the plugin binary under test, names no other
+//! test uses, running a command that must succeed, and waiting for a
+//! condition.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The plugin binary: `RATCHET_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn ratchet_bin() -> PathBuf {
+    let path = std::env::var_os("RATCHET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ratchet"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask test` (or `cargo build -p ratchet-plugin`)",
+        path.display()
+    );
+    path
+}
+
+/// A name no other test (or concurrent test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits up to five seconds for `done`.
+pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
