@@ -8,7 +8,7 @@
 //! entries this node needs, and writes or removes the difference. The
 //! datapath never depends on it: links keep forwarding while it is down.
 
-use std::{path::Path, time::Duration};
+use std::{os::unix::fs::DirBuilderExt, path::Path, time::Duration};
 
 use anyhow::Context;
 use ratchet_common::EndStats;
@@ -46,6 +46,7 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     let settings = Settings::from_config(ratchet_entry(&raw).with_context(|| format!("in {}", config.display()))?)?;
     let _ = tracing_subscriber::fmt().with_ansi(false).with_target(false).with_writer(std::io::stderr).try_init();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _running = hold_running_lock(&settings)?;
     runtime.block_on(async {
         let mut agent = Agent::start(&settings).await?;
         let metrics = tokio::net::TcpListener::bind(settings.metrics_address)
@@ -90,6 +91,24 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
         info!("agent stopped");
         Ok(())
     })
+}
+
+/// The file an agent holds locked while it runs, in the state dir: one
+/// agent per node, and `ratchet unload` can tell that one runs.
+pub const RUNNING_LOCK: &str = "agent.lock";
+
+/// Takes the node's agent lock, or says that another agent holds it.
+fn hold_running_lock(settings: &Settings) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = &settings.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(RUNNING_LOCK);
+    crate::files::try_lock(&path)
+        .with_context(|| format!("locking {}", path.display()))?
+        .with_context(|| format!("another `ratchet agent` runs for this node (it holds {})", path.display()))
 }
 
 /// ratchet's settings in a network config: the config itself, or in a

@@ -99,8 +99,13 @@ enum Command {
     /// Remove this node's eBPF pins (programs and maps). Refused while link
     /// ends are attached, unless --force.
     Unload {
+        /// Unload even while link ends of this node are attached (they stop
+        /// forwarding into anything new, and cross-node ones stop at once).
         #[arg(long)]
         force: bool,
+        /// This node's name in link records (`node_name`; default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Remove every link end this node holds (the host veths its pins know,
     /// with their pod ends), its pins, and the store's records of its ends:
@@ -177,7 +182,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Agent { config, interval_ms } => {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
-        Command::Unload { force } => runtime.block_on(unload(&settings, force)),
+        Command::Unload { force, node_name } => runtime.block_on(unload(&settings, node_name, force)),
         Command::Reset { node_name } => runtime.block_on(reset(&settings, node_name)),
         Command::Reap { veths } => runtime.block_on(async {
             let host = crate::netlink::Netlink::host()?;
@@ -303,6 +308,7 @@ struct EndView {
 }
 
 async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    crate::dataplane::ensure_readable_bpffs(&settings.pin_root)?;
     let mut store = crate::ends::open_store(settings).await?;
     let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
@@ -381,14 +387,45 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
     Ok(())
 }
 
-async fn unload(settings: &Settings, force: bool) -> anyhow::Result<()> {
+/// `ratchet unload`: this node's pins and VXLAN device, once none of its
+/// link ends is attached and its agent (which would pin again at once) is
+/// stopped.
+async fn unload(settings: &Settings, node_name: Option<String>, force: bool) -> anyhow::Result<()> {
+    let node = Settings { node_name, ..settings.clone() }.node();
+    let _no_agent = match settings.state_dir.exists() {
+        true => {
+            Some(crate::files::try_lock(&settings.state_dir.join(crate::agent::RUNNING_LOCK))?.with_context(|| {
+                "this node's `ratchet agent` is running and would load and pin the programs again at once: stop it \
+             first (delete its DaemonSet pod, or stop its service), then unload"
+            })?)
+        }
+        false => None,
+    };
     let mut store = crate::ends::open_store(settings).await?;
-    let attached = records::all_ends(&mut store.begin().await?).await?.len();
+    let ends = records::all_ends(&mut store.begin().await?).await?;
+    let attached = ends.iter().filter(|(_, _, end)| end.node == node).count();
     if attached > 0 && !force {
-        anyhow::bail!("{attached} link end(s) are attached; delete their pods first, or pass --force");
+        anyhow::bail!("{attached} link end(s) are attached on node {node}; delete their pods first, or pass --force");
     }
-    Dataplane::unload(&settings.pin_root)?;
-    println!("removed {}", settings.pin_root.display());
+    let host = crate::netlink::Netlink::host()?;
+    let vxlan = host.link_by_name(crate::ends::VXLAN_DEVICE).await?;
+    let pinned = settings.pin_root.exists();
+    if !pinned && vxlan.is_none() {
+        println!(
+            "nothing to remove: no pins under {} and no {}",
+            settings.pin_root.display(),
+            crate::ends::VXLAN_DEVICE
+        );
+        return Ok(());
+    }
+    if pinned {
+        Dataplane::unload(&settings.pin_root)?;
+        println!("removed {}", settings.pin_root.display());
+    }
+    if let Some(vxlan) = vxlan {
+        host.delete_link(vxlan.index).await?;
+        println!("removed {}", crate::ends::VXLAN_DEVICE);
+    }
     Ok(())
 }
 

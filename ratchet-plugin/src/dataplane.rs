@@ -70,6 +70,27 @@ pub enum DataplaneError {
     /// bpffs was not mounted at `/sys/fs/bpf`, and mounting it failed.
     #[error("cannot mount bpffs at {BPFFS}: {0}")]
     Mount(nix::Error),
+    /// Pins made under the pin root would be seen by this process alone and
+    /// vanish when it exits: its mount namespace is not the host's, and the
+    /// host's bpffs is not what it sees there (`ip netns exec` remounts /sys).
+    #[error(
+        "pin root {root}: {why}, so pins made here would vanish when this process exits and every link end \
+         attached through them would stop forwarding. Run ratchet in the host's mount namespace (for a netns \
+         \"node\", `nsenter --net=/run/netns/NAME` rather than `ip netns exec`), or give it the host's bpffs \
+         (a DaemonSet mounts /sys/fs/bpf as a hostPath with Bidirectional propagation)"
+    )]
+    PrivateBpffs {
+        /// The pin root.
+        root: String,
+        /// What was found.
+        why: String,
+    },
+    /// The pin root is on a filesystem that is not bpffs.
+    #[error("pin root {root} is not on a bpffs (pins need one; the default is under {BPFFS})")]
+    NotBpffs {
+        /// The pin root.
+        root: String,
+    },
     /// aya could not load the embedded object (parse it, or make its maps).
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -206,6 +227,8 @@ impl Dataplane {
     pub fn open(root: &Path) -> Result<Option<Self>, DataplaneError> {
         let prog_pin = root.join(PIN_PROG);
         if !prog_pin.exists() {
+            // Nothing pinned, or pins this process cannot see: say which.
+            ensure_host_sees(root)?;
             return Ok(None);
         }
         let peers_pin = root.join(PIN_PEERS);
@@ -489,14 +512,86 @@ where
     })
 }
 
-/// Mounts bpffs at its usual place when the pin root sits there and it is
-/// missing (some hosts do not mount it at boot).
+/// Makes the pin root's bpffs ready: mounted at its usual place when the
+/// pin root sits there and it is missing (some hosts do not mount it at
+/// boot), and one the host sees, so pins outlive this process.
 fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
-    let on_bpffs = |path: &Path| statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC);
-    if on_bpffs(Path::new(BPFFS)) || !root.starts_with(BPFFS) {
+    if !on_bpffs(&existing_ancestor(root)) && root.starts_with(BPFFS) && !on_bpffs(Path::new(BPFFS)) {
+        // Mounting is only right in the host's mount namespace: anywhere
+        // else the new bpffs, and every pin in it, dies with this process.
+        if in_host_mount_namespace() != Some(true) {
+            return Err(no_host_bpffs(root));
+        }
+        mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(DataplaneError::Mount)?;
+    }
+    if !on_bpffs(&existing_ancestor(root)) {
+        return Err(DataplaneError::NotBpffs { root: root.display().to_string() });
+    }
+    ensure_host_sees(root)
+}
+
+/// For an operator's view of the pins (`ratchet links`): a pin root with
+/// no bpffs under it cannot hold pins, so what the host holds cannot be
+/// read from here. Said, rather than shown as a node with no counters.
+pub fn ensure_readable_bpffs(root: &Path) -> Result<(), DataplaneError> {
+    if on_bpffs(&existing_ancestor(root)) {
+        return ensure_host_sees(root);
+    }
+    match root.starts_with(BPFFS) {
+        true => Err(no_host_bpffs(root)),
+        false => Err(DataplaneError::NotBpffs { root: root.display().to_string() }),
+    }
+}
+
+fn no_host_bpffs(root: &Path) -> DataplaneError {
+    let why = format!(
+        "no bpffs is mounted at {BPFFS} in this process's mount namespace, which is not known to be the host's \
+         (`ip netns exec` remounts /sys)"
+    );
+    DataplaneError::PrivateBpffs { root: root.display().to_string(), why }
+}
+
+fn on_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// Fails when this process runs in a mount namespace other than the host's
+/// (PID 1's) and what it finds at the pin root is not what the host finds
+/// there: a bpffs of its own, or none. Inside a container whose PID 1 is
+/// the container's own, this compares with itself and passes: its mounts
+/// are the manifest's to get right.
+fn ensure_host_sees(root: &Path) -> Result<(), DataplaneError> {
+    if in_host_mount_namespace() != Some(false) {
         return Ok(());
     }
-    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(DataplaneError::Mount)
+    let here = existing_ancestor(root);
+    let host = Path::new("/proc/1/root").join(here.strip_prefix("/").unwrap_or(&here));
+    let on_bpffs = on_bpffs(&here);
+    let same = match (fs::metadata(&here), fs::metadata(&host)) {
+        (Ok(a), Ok(b)) => std::os::unix::fs::MetadataExt::dev(&a) == std::os::unix::fs::MetadataExt::dev(&b),
+        _ => false,
+    };
+    if on_bpffs && same {
+        return Ok(());
+    }
+    let why = match on_bpffs {
+        true => format!("the bpffs at {} is this mount namespace's own, not the host's", here.display()),
+        false => format!("{} is not on a bpffs in this mount namespace, which is not the host's", here.display()),
+    };
+    Err(DataplaneError::PrivateBpffs { root: root.display().to_string(), why })
+}
+
+/// Whether this process shares PID 1's mount namespace; `None` when that
+/// cannot be told (PID 1's namespace is not ours to read, as in some
+/// sandboxes and VMs).
+fn in_host_mount_namespace() -> Option<bool> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok()?;
+    Some(ours == fs::read_link("/proc/1/ns/mnt").ok()?)
+}
+
+/// The path itself, or its nearest ancestor that exists.
+fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("/")).to_path_buf()
 }
 
 /// Loads the object and pins what later verbs open; pins go to a fresh

@@ -61,6 +61,18 @@ pub fn lock_exclusive(file: File, wait: Duration) -> io::Result<Flock<File>> {
     }
 }
 
+/// Takes an exclusive lock on `path` (made if missing, root-only) if no
+/// other process holds it; `None` when one does. For locks held as long as
+/// a process runs (the agent's), so that others can tell it runs.
+pub fn try_lock(path: &Path) -> io::Result<Option<Flock<File>>> {
+    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, error)) => Err(error.into()),
+    }
+}
+
 /// [`read_bounded`] with [`MAX_INPUT`], as UTF-8 text.
 pub fn read_text(path: &Path) -> io::Result<String> {
     String::from_utf8(read_bounded(path, MAX_INPUT)?)

@@ -53,14 +53,45 @@ impl Install {
 
 /// Removes the binary and the conflist; missing ones are fine.
 pub fn uninstall(bin_dir: &Path, conf_dir: &Path, conflist: &str) -> anyhow::Result<()> {
-    for path in [bin_dir.join("ratchet"), conf_dir.join(conflist)] {
-        match fs::remove_file(&path) {
-            Ok(()) => println!("removed {}", path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("{} was not there", path.display()),
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        }
+    remove(&conf_dir.join(conflist))?;
+    let binary = bin_dir.join("ratchet");
+    match others_naming_ratchet(conf_dir)?.first() {
+        Some(other) => println!("kept {}: {} still names it", binary.display(), other.display()),
+        None => remove(&binary)?,
     }
     Ok(())
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => println!("removed {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("{} was not there", path.display()),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    Ok(())
+}
+
+/// The network configs in `conf_dir` (what libcni reads: `.conf`,
+/// `.conflist`, `.json`) that run ratchet, alone or in a list.
+fn others_naming_ratchet(conf_dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let entries = match fs::read_dir(conf_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("reading {}", conf_dir.display()))?,
+    };
+    let is_config =
+        |path: &Path| path.extension().is_some_and(|ext| ext == "conf" || ext == "conflist" || ext == "json");
+    let names_ratchet = |path: &Path| {
+        let config: Option<serde_json::Value> =
+            crate::files::read_text(path).ok().and_then(|text| serde_json::from_str(&text).ok());
+        config.is_some_and(|config| {
+            config["type"] == "ratchet"
+                || config["plugins"].as_array().is_some_and(|plugins| plugins.iter().any(|p| p["type"] == "ratchet"))
+        })
+    };
+    let mut found: Vec<_> =
+        entries.flatten().map(|entry| entry.path()).filter(|p| is_config(p) && names_ratchet(p)).collect();
+    found.sort();
+    Ok(found)
 }
 
 /// Writes `bytes` to `path` unless it already holds them.

@@ -62,6 +62,27 @@ fn install_is_idempotent_and_the_installed_plugin_works_from_its_conflist() {
     assert_eq!(again.matches("was not there").count(), 2, "{again}");
 }
 
+/// Two networks can run the same binary: uninstalling one keeps it.
+#[test]
+fn uninstall_keeps_a_binary_another_conflist_names() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dirs.path().join("bin"), dirs.path().join("net.d"));
+    install(&bin, &conf, &[]);
+    install(&bin, &conf, &["--conflist", "20-lab.conflist", "--network", "lab"]);
+    let dir_args = ["--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
+    let uninstall = |conflist: &str| {
+        let mut args = vec!["uninstall", "--conflist", conflist];
+        args.extend(dir_args);
+        ratchet_tests::run(ratchet_bin().to_str().unwrap(), &args)
+    };
+    let first = uninstall("10-ratchet.conflist");
+    assert!(first.contains("still names it") && first.contains("20-lab.conflist"), "{first}");
+    assert!(bin.join("ratchet").exists());
+    let second = uninstall("20-lab.conflist");
+    assert_eq!(second.matches("removed").count(), 2, "{second}");
+    assert!(!bin.join("ratchet").exists());
+}
+
 #[test]
 fn install_refuses_a_bad_topology() {
     let dirs = tempfile::tempdir().unwrap();
