@@ -10,12 +10,12 @@
 //! aya, whose link is pinned (see [`Dataplane::pin_tcx_link`]) so that it
 //! outlives the plugin process.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::programs::{LinkOrder, ProgramError, TcAttachType, links::FdLink, tc::TcAttachOptions};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
         tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
@@ -24,7 +24,7 @@ use rtnetlink::{
 
 use crate::{
     config::AttachMode,
-    dataplane::{Dataplane, DataplaneError, Program},
+    dataplane::{Dataplane, DataplaneError, Program, Staged},
     netlink::{Netlink, NetlinkError, errno},
 };
 
@@ -125,21 +125,58 @@ fn tcx_error(hook: Hook<'_>, source: ProgramError) -> TcError {
 async fn attach_clsact(host: &Netlink, dataplane: &Dataplane, hook: Hook<'_>) -> Result<(), TcError> {
     let fd = dataplane.program_fd(hook.program)?;
     add_clsact(host, hook.index).await?;
+    Ok(put_filter(host, hook, fd.as_fd(), None).await?)
+}
+
+/// Swaps the program on the hook's interface for the staged build's, in
+/// place: the clsact filter replaced on its own priority and handle, the
+/// tcx link updated. Both are one kernel operation, so no frame ever meets
+/// an interface without one. A clsact hook with nothing on it yet gets the
+/// staged program.
+pub async fn swap(host: &Netlink, staged: &Staged, hook: Hook<'_>) -> Result<(), TcError> {
+    if hook.mode == AttachMode::Tcx {
+        return Ok(staged.update_tcx_link(hook.name, hook.program)?);
+    }
+    let fd = staged.program_fd(hook.program)?;
+    let running: Vec<BpfFilter> =
+        ingress_bpf_filters(host, hook.index).await?.into_iter().filter(|f| f.name == hook.program.name()).collect();
+    if running.is_empty() {
+        add_clsact(host, hook.index).await?;
+        return Ok(put_filter(host, hook, fd.as_fd(), None).await?);
+    }
+    for filter in &running {
+        put_filter(host, hook, fd.as_fd(), Some(filter)).await?;
+    }
+    Ok(())
+}
+
+/// A direct-action `bpf` filter running `program` on the hook's ingress, as
+/// `tc filter add dev X ingress bpf da fd N` makes it; with `replacing`,
+/// that filter's program is replaced (`tc filter replace ... prio P handle H`).
+async fn put_filter(
+    host: &Netlink,
+    hook: Hook<'_>,
+    program: BorrowedFd<'_>,
+    replacing: Option<&BpfFilter>,
+) -> Result<(), NetlinkError> {
     let mut msg = TcMessage::with_index(ifindex(hook.index));
     msg.header.parent = INGRESS;
-    // Priority 0 (the kernel picks one) and every protocol.
-    msg.header.info = u32::from((libc::ETH_P_ALL as u16).to_be());
+    // A new filter: priority 0 (the kernel picks one) and every protocol.
+    msg.header.info = replacing.map_or(u32::from((libc::ETH_P_ALL as u16).to_be()), |f| f.info);
+    if let Some(filter) = replacing {
+        msg.header.handle = filter.handle;
+    }
     // An open fd is never negative.
-    let fd = fd.as_fd().as_raw_fd() as u32;
+    let fd = program.as_raw_fd() as u32;
     msg.attributes.push(TcAttribute::Kind("bpf".into()));
     msg.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
         TcOption::Bpf(TcFilterBpfOption::ProgName(hook.program.name().into())),
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
+    let flags = if replacing.is_some() { NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE } else { CREATE };
     let what = || format!("attach {} to {}", hook.program.name(), hook.name);
-    send(host, RouteNetlinkMessage::NewTrafficFilter(msg), CREATE).await.map_err(|source| request(what(), source))?;
-    Ok(())
+    send(host, RouteNetlinkMessage::NewTrafficFilter(msg), flags).await.map_err(|source| request(what(), source))
 }
 
 fn attach_tcx(dataplane: &mut Dataplane, hook: Hook<'_>) -> Result<(), TcError> {

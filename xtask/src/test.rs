@@ -5,7 +5,7 @@
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -22,20 +22,29 @@ pub fn raw_args() -> Vec<OsString> {
     args.collect()
 }
 
+/// Builds the plugin with `features` and copies it to `target/test-bin/<name>`,
+/// so that cargo test's own builds of the plugin (without them) do not
+/// replace it.
+fn build_test_binary(features: &str, name: &str) -> anyhow::Result<PathBuf> {
+    util::run(util::cargo().args(["build", "-p", "ratchet-plugin", "--features", features]))?;
+    let built = util::target_dir().join("debug").join("ratchet");
+    let bin = util::target_dir().join("test-bin").join(name);
+    std::fs::create_dir_all(bin.parent().expect("a dir")).context("creating target/test-bin")?;
+    std::fs::copy(&built, &bin).with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
+    Ok(bin.canonicalize()?)
+}
+
 pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     let started = Instant::now();
     setup::run()?;
 
     // The tests run this binary: with failpoints (inert unless a test sets
-    // FAILPOINTS), copied aside so that cargo test's own builds of the plugin
-    // (without the feature) do not replace it.
+    // FAILPOINTS).
     println!("==> build the plugin (with failpoints)");
-    util::run(util::cargo().args(["build", "-p", "ratchet-plugin", "--features", "failpoints"]))?;
-    let built = util::target_dir().join("debug").join("ratchet");
-    let bin = util::target_dir().join("test-bin").join("ratchet");
-    std::fs::create_dir_all(bin.parent().expect("a dir")).context("creating target/test-bin")?;
-    std::fs::copy(&built, &bin).with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
-    let bin = bin.canonicalize()?;
+    let bin = build_test_binary("failpoints", "ratchet")?;
+    // The upgrade test's "new build": the next layout of the pinned maps.
+    println!("==> build the plugin of the next layout (with failpoints)");
+    let next_bin = build_test_binary("failpoints,layout-next", "ratchet-next")?;
 
     build_ebpf::run()?;
 
@@ -44,7 +53,9 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
 
     println!("==> tests (RATCHET_BIN={})", bin.display());
     let untouched: Vec<&Path> = NODE_DEFAULTS.iter().map(Path::new).filter(|path| !path.exists()).collect();
-    let tally = run_tests(util::cargo().arg("test").args(args).env("RATCHET_BIN", &bin))?;
+    let mut tests = util::cargo();
+    tests.arg("test").args(args).env("RATCHET_BIN", &bin).env("RATCHET_NEXT_BIN", &next_bin);
+    let tally = run_tests(&mut tests)?;
     let touched = touched_defaults(&untouched);
     println!("all done in {:.1} s", started.elapsed().as_secs_f64());
     // cargo's own last line is a doctest run that usually has no tests; this

@@ -182,6 +182,10 @@ impl CniError {
             CniError::Store(_) => WireError::IOFailure(details),
             CniError::Netlink(_) => custom(codes::NETLINK, "netlink request failed"),
             CniError::Dataplane(DataplaneError::Busy { .. }) => WireError::TryAgainLater(details),
+            // Older pins are rebuilt by the next verb: retrying helps; newer ones never are.
+            CniError::Dataplane(DataplaneError::Layout { pinned, ours, .. }) if pinned < ours => {
+                WireError::TryAgainLater(details)
+            }
             CniError::Dataplane(_) | CniError::Tc(_) => custom(codes::DATAPLANE, "eBPF dataplane failed"),
             CniError::PodNotInTopology { .. } => custom(codes::POD_NOT_IN_TOPOLOGY, "pod has no link in the topology"),
             CniError::IfNameTaken { .. } => custom(codes::IFNAME_TAKEN, "interface already exists in the pod"),

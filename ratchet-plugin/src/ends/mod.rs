@@ -23,6 +23,7 @@ mod plan;
 pub mod reap;
 mod release;
 mod sweep;
+mod upgrade;
 
 pub use self::{
     attach::{AttachedEnd, Sandbox, attach_pod},
@@ -91,6 +92,7 @@ impl<'a> Ends<'a> {
         settings: &'a Settings,
         host: Netlink,
     ) -> Result<Self, EndsError> {
+        upgrade::bring_current(tx, settings, &host).await?;
         let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
         let fabric = fabric::join(tx, settings, &host, &mut dataplane).await?;
         Ok(Self { settings, host, dataplane: Some(dataplane), fabric })
@@ -102,6 +104,7 @@ impl<'a> Ends<'a> {
         settings: &'a Settings,
         host: Netlink,
     ) -> Result<Self, EndsError> {
+        upgrade::bring_current(tx, settings, &host).await?;
         let dataplane = Dataplane::open(&settings.pin_root)?;
         let fabric = fabric::fabric(tx, settings, &host).await?;
         Ok(Self { settings, host, dataplane, fabric })

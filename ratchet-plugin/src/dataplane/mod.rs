@@ -29,6 +29,11 @@ use ratchet_common::{
     VniEnd,
 };
 
+mod layout;
+
+pub use self::layout::{LAYOUT, Pinned, Staged, build_id, pinned};
+use nix::fcntl::Flock;
+
 use crate::{files::LOCK_WAIT, pairing::Entry};
 
 /// The object `build.rs` compiled from `ratchet-ebpf`.
@@ -139,6 +144,25 @@ pub enum DataplaneError {
         /// The full map's name in the object.
         map: &'static str,
     },
+    /// The pins are of another layout than this build's.
+    #[error(
+        "pin root {root} holds maps of layout {pinned}; this build speaks layout {ours}{}",
+        if pinned > ours {
+            ": a downgrade is refused (run the newer build; or, with no link end attached on this node, \
+             `ratchet unload` first)"
+        } else {
+            ": they are rebuilt in this build's layout, under the store's lock, by this node's next verb or \
+             its agent; retry"
+        }
+    )]
+    Layout {
+        /// The pin root.
+        root: String,
+        /// The layout its pins are in.
+        pinned: u32,
+        /// This build's ([`LAYOUT`]).
+        ours: u32,
+    },
     /// A verb that attaches found nothing loaded under its pin root.
     #[error("nothing is pinned under {root}")]
     NotLoaded {
@@ -202,16 +226,7 @@ impl Dataplane {
             return Ok(dataplane);
         }
         ensure_bpffs(root)?;
-        let lock_path = lock_dir.join("dataplane.lock");
-        let pin_root_error = |source| DataplaneError::PinRoot { path: root.display().to_string(), source };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(lock_dir).map_err(pin_root_error)?;
-        let file = fs::File::create(&lock_path).map_err(pin_root_error)?;
-        let _lock = crate::files::lock_exclusive(file, LOCK_WAIT).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => {
-                DataplaneError::Busy { path: lock_path.display().to_string(), waited: LOCK_WAIT }
-            }
-            _ => pin_root_error(e),
-        })?;
+        let _lock = Self::lock_loading(root, lock_dir)?;
         if let Some(dataplane) = Self::open(root)? {
             return Ok(dataplane);
         }
@@ -223,6 +238,21 @@ impl Dataplane {
         })
     }
 
+    /// Takes the node's load lock (in `lock_dir`), held while pins under
+    /// `root` are made or replaced, so that two processes never do it at once.
+    pub fn lock_loading(root: &Path, lock_dir: &Path) -> Result<Flock<fs::File>, DataplaneError> {
+        let lock_path = lock_dir.join("dataplane.lock");
+        let pin_root_error = |source| DataplaneError::PinRoot { path: root.display().to_string(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(lock_dir).map_err(pin_root_error)?;
+        let file = fs::File::create(&lock_path).map_err(pin_root_error)?;
+        crate::files::lock_exclusive(file, LOCK_WAIT).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => {
+                DataplaneError::Busy { path: lock_path.display().to_string(), waited: LOCK_WAIT }
+            }
+            _ => pin_root_error(e),
+        })
+    }
+
     /// Opens the node's pins; `None` when nothing is loaded on this node.
     pub fn open(root: &Path) -> Result<Option<Self>, DataplaneError> {
         let prog_pin = root.join(PIN_PROG);
@@ -231,18 +261,28 @@ impl Dataplane {
             ensure_host_sees(root)?;
             return Ok(None);
         }
+        let (pinned, _) = layout::markers(root)?;
+        if pinned != LAYOUT {
+            return Err(DataplaneError::Layout { root: root.display().to_string(), pinned, ours: LAYOUT });
+        }
+        Self::open_as_is(root).map(Some)
+    }
+
+    /// Opens pins known to be there, whatever their layout (a staging
+    /// directory, or the old maps a layout upgrade copies counters from).
+    pub fn open_as_is(root: &Path) -> Result<Self, DataplaneError> {
         let peers_pin = root.join(PIN_PEERS);
         let generation = aya::maps::MapInfo::from_pin(&peers_pin)
             .map_err(|source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source })?
             .id();
-        Ok(Some(Self {
+        Ok(Self {
             root: root.to_owned(),
             generation,
             classifiers: [None, None],
             peers: open_map(root, PIN_PEERS)?,
             vnis: open_map(root, PIN_VNIS)?,
             stats: open_map(root, PIN_STATS)?,
-        }))
+        })
     }
 
     /// The pin root these pins are under.
@@ -366,6 +406,58 @@ impl Dataplane {
         let zeros =
             PerCpuValues::try_from(vec![EndStats::default(); cpus]).map_err(|e| map_error(MapError::from(e)))?;
         self.stats.insert(ifindex, zeros, 0).map_err(|source| full_or(MAP_STATS, source, map_error))
+    }
+
+    /// Starts counting for a host veth where `from` (older maps) is now,
+    /// CPU by CPU (from zero when it has no counters for it), and returns
+    /// what it copied.
+    pub fn carry_stats(&mut self, from: &Dataplane, ifindex: u32) -> Result<Vec<EndStats>, DataplaneError> {
+        let copied = from.stats_per_cpu(ifindex)?;
+        let failed = |source| DataplaneError::Map { what: format!("carry {MAP_STATS}[{ifindex}] over"), source };
+        let values = PerCpuValues::try_from(copied.clone()).map_err(|e| failed(MapError::from(e)))?;
+        self.stats.insert(ifindex, values, 0).map_err(|source| full_or(MAP_STATS, source, failed))?;
+        Ok(copied)
+    }
+
+    /// Adds what `from` counted for a host veth since [`Self::carry_stats`]
+    /// copied `copied`: once the new program runs, the old counters are
+    /// final. What this host veth counts during this read-add-write (a few
+    /// microseconds) is lost.
+    pub fn carry_stats_since(
+        &mut self,
+        from: &Dataplane,
+        ifindex: u32,
+        copied: &[EndStats],
+    ) -> Result<(), DataplaneError> {
+        let grown = from.stats_per_cpu(ifindex)?;
+        let ours = self.stats_per_cpu(ifindex)?;
+        let sum: Vec<EndStats> = ours
+            .iter()
+            .zip(grown.iter().zip(copied))
+            .map(|(now, (last, first))| EndStats {
+                packets: now.packets + last.packets.saturating_sub(first.packets),
+                bytes: now.bytes + last.bytes.saturating_sub(first.bytes),
+                drops: now.drops + last.drops.saturating_sub(first.drops),
+            })
+            .collect();
+        let failed = |source| DataplaneError::Map { what: format!("carry {MAP_STATS}[{ifindex}] over"), source };
+        let values = PerCpuValues::try_from(sum).map_err(|e| failed(MapError::from(e)))?;
+        self.stats.insert(ifindex, values, 0).map_err(failed)
+    }
+
+    /// A host veth's counters, per CPU (zeros when not tracked).
+    fn stats_per_cpu(&self, ifindex: u32) -> Result<Vec<EndStats>, DataplaneError> {
+        match self.stats.get(&ifindex, 0) {
+            Ok(values) => Ok(values.iter().copied().collect()),
+            Err(MapError::KeyNotFound) => {
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+                    what: format!("read {MAP_STATS}[{ifindex}]"),
+                    source: MapError::from(e),
+                })?;
+                Ok(vec![EndStats::default(); cpus])
+            }
+            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_STATS}[{ifindex}]"), source }),
+        }
     }
 
     /// Stops counting for a host veth. Missing is fine.
@@ -597,9 +689,7 @@ fn existing_ancestor(path: &Path) -> PathBuf {
 /// Loads the object and pins what later verbs open; pins go to a fresh
 /// directory first so a crash never leaves a half-pinned root behind.
 fn load_and_pin(root: &Path) -> Result<(), DataplaneError> {
-    sweep_stale_staging(root);
-    // bpffs refuses names with a dot in them.
-    let staging = PathBuf::from(format!("{}-loading-{}", root.display(), std::process::id()));
+    let staging = staging_dir(root);
     let pin_error = |path: &Path, source| DataplaneError::PinRoot { path: path.display().to_string(), source };
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&staging).map_err(|e| pin_error(&staging, e))?;
     let result = pin_into(&staging);
@@ -608,6 +698,14 @@ fn load_and_pin(root: &Path) -> Result<(), DataplaneError> {
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Where this process stages a load beside `root`, once the stale staging
+/// directories of dead processes are gone.
+fn staging_dir(root: &Path) -> PathBuf {
+    sweep_stale_staging(root);
+    // bpffs refuses names with a dot in them.
+    PathBuf::from(format!("{}-loading-{}", root.display(), std::process::id()))
 }
 
 /// Removes the staging directories of loads whose process died mid-load
@@ -645,7 +743,7 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
         let found = ebpf.map(map).ok_or(DataplaneError::NotInObject { name: map })?;
         found.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
     }
-    Ok(())
+    layout::mark(dir).map_err(|source| DataplaneError::PinRoot { path: dir.display().to_string(), source })
 }
 
 #[cfg(test)]
