@@ -66,12 +66,8 @@ enum Command {
         /// The network name in the conflist.
         #[arg(long, default_value = "ratchet")]
         network: String,
-        /// This node's name in link records (default: the host name).
-        #[arg(long)]
-        node_name: Option<String>,
-        /// This node's underlay IPv4 address, for links across nodes.
-        #[arg(long)]
-        node_ip: Option<std::net::Ipv4Addr>,
+        #[command(flatten)]
+        node: NodeFlags,
         /// A JSON file with the CNI config pods without links get (`delegate`).
         #[arg(long)]
         delegate: Option<PathBuf>,
@@ -88,7 +84,9 @@ enum Command {
         paths: InstallPaths,
     },
     /// Keep this node's maps equal to the store (one per node, for links
-    /// across nodes). Reads the plugin's network config from FILE.
+    /// across nodes), and serve /metrics, /healthz and /readyz on the
+    /// config's `metrics_address`. Reads the plugin's network config (or
+    /// the conflist `install` wrote) from FILE.
     Agent {
         #[arg(long)]
         config: PathBuf,
@@ -123,6 +121,23 @@ enum Command {
         #[arg(required = true)]
         veths: Vec<crate::ends::reap::Doomed>,
     },
+}
+
+/// What `install` writes about this node into the plugin entry.
+#[derive(clap::Args)]
+struct NodeFlags {
+    /// This node's name in link records (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's underlay IPv4 address, for links across nodes.
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// Where `ratchet agent` serves /metrics, /healthz and /readyz
+    /// (`metrics_address`; without it, 127.0.0.1:9478). An agent on the
+    /// host network gives the node's address (NODE_IP:9478) so Prometheus
+    /// and kubelet's probes reach it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Where `install` puts the plugin and its conflist.
@@ -174,9 +189,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
-        Command::Install { paths, network, node_name, node_ip, delegate, boot_network, topology } => {
+        Command::Install { paths, network, node, delegate, boot_network, topology } => {
             let files = PluginFiles { delegate, boot_network, topology };
-            install(&settings, paths, network, (node_name, node_ip), files)
+            install(&settings, paths, network, node, files)
         }
         Command::Uninstall { paths } => crate::install::uninstall(&paths.bin_dir, &paths.conf_dir, &paths.conflist),
         Command::Agent { config, interval_ms } => {
@@ -210,12 +225,13 @@ struct PluginFiles {
 }
 
 /// `ratchet install`: the plugin entry gets the CLI's paths and etcd
-/// endpoints, the node's name and address, and the files' JSON.
+/// endpoints, the node's name, address and metrics address, and the
+/// files' JSON.
 fn install(
     settings: &Settings,
     InstallPaths { bin_dir, conf_dir, conflist }: InstallPaths,
     network: String,
-    (node_name, node_ip): (Option<String>, Option<std::net::Ipv4Addr>),
+    NodeFlags { node_name, node_ip, metrics_address }: NodeFlags,
     files: PluginFiles,
 ) -> anyhow::Result<()> {
     let mut plugin = serde_json::Map::new();
@@ -226,6 +242,7 @@ fn install(
     }
     plugin.extend(node_name.map(|name| ("node_name".into(), serde_json::json!(name))));
     plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
+    plugin.extend(metrics_address.map(|address| ("metrics_address".into(), serde_json::json!(address))));
     let PluginFiles { delegate, boot_network, topology } = files;
     for (key, file) in [("delegate", delegate), ("boot_network", boot_network), ("topology", topology)] {
         if let Some(file) = file {

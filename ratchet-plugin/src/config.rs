@@ -69,7 +69,10 @@ pub struct Settings {
     /// lease (etcd); a node past it has a dead or unreachable agent.
     #[serde(default = "default_node_lease_seconds")]
     pub node_lease_seconds: u64,
-    /// Where `ratchet agent` serves Prometheus metrics.
+    /// Where `ratchet agent` serves Prometheus metrics (`/metrics`) and its
+    /// health (`/healthz`, `/readyz`); loopback unless the config (or
+    /// `ratchet install --metrics-address`) says otherwise, since the
+    /// metrics name every pod and link of the node.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: std::net::SocketAddr,
     /// The UDP port of the VXLAN underlay.

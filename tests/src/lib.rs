@@ -7,6 +7,8 @@
 //! - [`plugins`]: the reference plugins and the configs a runtime sends them;
 //! - [`etcd`]: an etcd of a test's own (plain, or TLS with client certificates);
 //! - [`rig`]: two netns nodes joined by an underlay, for the multi-node tests;
+//! - [`scrape`]: the agent's HTTP endpoint, and a strict parser of what
+//!   `/metrics` serves;
 //! - [`versions`]: every CNI version, `per_version!` and `on_each_store!`;
 //! - [`util`]: the binary under test, unique names, commands, waiting.
 //!
@@ -26,6 +28,7 @@ pub mod plugins;
 pub mod pods;
 pub mod rig;
 pub mod runtime;
+pub mod scrape;
 pub mod util;
 pub mod versions;
 
@@ -35,5 +38,6 @@ pub use plugins::{Bridge, HostLocal, reference_plugin, with_prev_result, with_va
 pub use pods::{Pod, container_of, end, pattern, tcp_transfer};
 pub use rig::Rig;
 pub use runtime::{Reply, call_binary, call_command, kubelet_env, sandbox_env};
+pub use scrape::{Answer, Sample, Scrape};
 pub use util::{eventually, ratchet_bin, run, unique};
 pub use versions::{VERSIONS, has_check, is_legacy};

@@ -6,8 +6,10 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use ratchet_harness::runtime::CNI_PATH;
@@ -18,6 +20,7 @@ use crate::{
     plugins::{with_prev_result, with_valid_attachments},
     pods::{Pod, container_of},
     runtime::{Reply, call_binary, kubelet_env, sandbox_env},
+    scrape::{self, Answer, Scrape},
     util::{eventually, ratchet_bin, run, unique},
 };
 
@@ -259,6 +262,12 @@ impl Agent {
         config["metrics_address"] = json!("127.0.0.1:0");
         let file = node.state_dir.path().join("agent.json");
         std::fs::write(&file, config.to_string()).unwrap();
+        Self::with_config(node, &file, env)
+    }
+
+    /// `ratchet agent --config FILE` (a config or a conflist), its log in
+    /// the node's state dir.
+    pub fn with_config(node: &Node, file: &Path, env: &[(&str, &str)]) -> Self {
         let log = node.state_dir.path().join("agent.log");
         let child = Command::new(ratchet_bin())
             .args(["agent", "--config", file.to_str().unwrap()])
@@ -268,6 +277,49 @@ impl Agent {
             .spawn()
             .expect("start the agent");
         Self(child, log)
+    }
+
+    /// Where it serves metrics and health, as its start line logs it
+    /// (`metrics=ADDR:PORT`); waits up to ten seconds for that line.
+    pub fn metrics_address(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let logged = log.split_whitespace().find_map(|word| word.strip_prefix("metrics="));
+            if let Some(address) = logged {
+                return address.parse().unwrap_or_else(|e| panic!("metrics={address}: {e}"));
+            }
+            assert!(Instant::now() < deadline, "the agent never said where it serves metrics: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` from its endpoint.
+    pub fn get(&self, path: &str) -> Answer {
+        scrape::get(self.metrics_address(), path)
+    }
+
+    /// `GET /metrics`, which must answer 200 in the Prometheus text format.
+    pub fn scrape(&self) -> Scrape {
+        let answer = self.get("/metrics");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        Scrape::parse(&answer.body)
+    }
+
+    /// Waits up to `within` for `/readyz` to answer `status`.
+    pub fn readiness_becomes(&self, status: u16, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.get("/readyz");
+            if answer.status == status {
+                return true;
+            }
+            if Instant::now() > deadline {
+                eprintln!("/readyz still answers {answer:?}\nagent log:\n{}", self.log());
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What it has logged so far.

@@ -110,6 +110,11 @@ fn the_agent_recovers_from_rounds_failing_at_any_step() {
     for step in ["agent::entries-removed", "agent::before-commit"] {
         assert!(log.contains(&format!("failpoint {step} fired")), "rounds failed at {step} first: {log}");
     }
+    assert!(agent.readiness_becomes(200, Duration::from_secs(5)), "ready once a round succeeds");
+    let scrape = agent.scrape();
+    let (errors, rounds) =
+        (scrape.value("ratchet_agent_reconcile_errors_total", &[]), scrape.value("ratchet_agent_rounds_total", &[]));
+    assert!(errors >= 40.0 && rounds > errors, "40 failed rounds counted, then good ones: {errors} of {rounds}");
 }
 
 /// A store another process keeps locked (a stuck writer: the embedded

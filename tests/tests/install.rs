@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ratchet_tests::{Node, Pod, call_binary, end, kubelet_env, ratchet_bin, unique};
+use ratchet_tests::{Agent, Node, Pod, call_binary, end, kubelet_env, ratchet_bin, unique};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -101,8 +101,44 @@ fn install_refuses_a_bad_topology() {
     assert!(!dirs.path().join("conf").exists(), "nothing written");
 }
 
+/// `--metrics-address` lands in the conflist's plugin entry, and an agent
+/// reading the installed conflist serves metrics and health there; an
+/// address without a port is refused before anything is written.
+#[test]
+fn install_sets_the_metrics_address_and_the_agent_serves_there() {
+    let node = Node::new();
+    let dirs = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dirs.path().join("bin"), dirs.path().join("net.d"));
+    // A port nothing listens on now (the kernel's pick, let go at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let (state_dir, pin_root) = (node.state_dir.path().to_str().unwrap(), node.pin_root.to_str().unwrap());
+    let flags = ["--state-dir", state_dir, "--pin-root", pin_root, "--node-name", "node-1"];
+    let mut extra = flags.to_vec();
+    extra.extend(["--metrics-address", &address]);
+    install(&bin, &conf, &extra);
+    let conflist = conf.join("10-ratchet.conflist");
+    let written: Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
+    assert_eq!(written["plugins"][0]["metrics_address"], address.as_str());
+
+    let agent = Agent::with_config(&node, &conflist, &[]);
+    assert_eq!(agent.metrics_address().to_string(), address);
+    assert!(agent.readiness_becomes(200, std::time::Duration::from_secs(10)));
+    assert_eq!(agent.get("/healthz").status, 200);
+
+    let refused = std::process::Command::new(ratchet_bin())
+        .args(["install", "--bin-dir", dirs.path().join("bin2").to_str().unwrap()])
+        .args(["--conf-dir", dirs.path().join("conf2").to_str().unwrap(), "--metrics-address", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--metrics-address"), "{refused:?}");
+    assert!(!dirs.path().join("conf2").exists(), "nothing written");
+}
+
 /// Every manifest parses, names its kind, and the example topology and the
-/// ConfigMap's files are what ratchet accepts.
+/// ConfigMap's files are what ratchet accepts; the DaemonSet's agent serves
+/// on the node's address, and kubelet probes it there.
 #[test]
 fn the_deploy_manifests_parse() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
@@ -118,6 +154,9 @@ fn the_deploy_manifests_parse() {
                     let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{}: no kind", path.display()));
                     assert!(value["metadata"]["name"].is_string(), "{}: {kind} has no name", path.display());
                     kinds.push(kind.to_owned());
+                    if kind == "DaemonSet" {
+                        assert_agent_probed_where_it_serves(&value);
+                    }
                     if kind == "ConfigMap" {
                         for (key, data) in value["data"].as_mapping().unwrap() {
                             if key.as_str().unwrap().ends_with(".json") {
@@ -137,4 +176,17 @@ fn the_deploy_manifests_parse() {
     }
     kinds.sort();
     assert_eq!(kinds, ["ConfigMap", "DaemonSet", "NetworkAttachmentDefinition", "Pod"]);
+}
+
+/// The DaemonSet installs `--metrics-address` on the node's address, and
+/// the agent container's probes ask /healthz and /readyz on that port.
+fn assert_agent_probed_where_it_serves(daemonset: &serde_yaml::Value) {
+    let spec = &daemonset["spec"]["template"]["spec"];
+    let install = spec["initContainers"][0]["command"][2].as_str().unwrap();
+    assert!(install.contains(r#"--metrics-address "$(NODE_IP):9478""#), "{install}");
+    let agent = &spec["containers"][0];
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(agent[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(agent[probe]["httpGet"]["port"].as_u64(), Some(9478), "{probe}");
+    }
 }

@@ -5,13 +5,11 @@
 //! it, and an agent per node.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     thread,
     time::{Duration, Instant},
 };
 
-use ratchet_tests::{Pod, Rig, call_command, end, kubelet_env, pattern, run, tcp_transfer, unique};
+use ratchet_tests::{Pod, Rig, Scrape, call_command, end, kubelet_env, pattern, run, scrape, tcp_transfer, unique};
 use serde_json::{Value, json};
 
 /// Pings until answered, for at most `seconds`.
@@ -133,38 +131,28 @@ fn an_end_whose_pod_vanished_is_forgotten_and_its_peer_unwired() {
     assert!(rig.cni(0, "DEL", &alpha).success);
 }
 
-/// Scrapes node `index`'s agent over HTTP, from inside the node.
-fn scrape(rig: &Rig, index: usize) -> String {
-    rig.nodes[index]
-        .within(|| {
-            let mut stream = TcpStream::connect("127.0.0.1:9478").expect("the agent serves metrics");
-            stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        })
-        .join()
-        .unwrap()
-}
-
-/// The value of the first metric line starting with `prefix`.
-fn metric(text: &str, prefix: &str) -> u64 {
-    let line = text.lines().find(|line| line.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+/// Scrapes node `index`'s agent over HTTP, from inside the node (the rig's
+/// agents serve on the default address, 127.0.0.1:9478, each in its netns).
+fn scrape(rig: &Rig, index: usize) -> Scrape {
+    let answer = rig.nodes[index].within(|| scrape::get("127.0.0.1:9478".parse().unwrap(), "/metrics")).join().unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    Scrape::parse(&answer.body)
 }
 
 #[test]
 fn the_agent_serves_links_and_counters_as_prometheus_metrics() {
     let (rig, alpha, _beta, link) = live_cross_node_link();
     let first = scrape(&rig, 0);
-    assert!(first.starts_with("HTTP/1.0 200 OK"), "{first}");
-    assert_eq!(metric(&first, "ratchet_links{state=\"up\"}"), 1, "{first}");
-    let sent = format!("ratchet_end_packets_total{{link=\"{link}\",side=\"a\"");
-    let before = metric(&first, &sent);
+    assert_eq!(first.value("ratchet_links", &[("node", "node-0"), ("state", "up")]), 1.0, "{first:?}");
+    let sent = [("node", "node-0"), ("link", link.as_str()), ("side", "a")];
+    let before = first.value("ratchet_end_packets_total", &sent);
     assert!(alpha.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"]).status.success());
-    let after = metric(&scrape(&rig, 0), &sent);
-    assert!(after >= before + 3, "alpha's counter moved: {before} -> {after}");
-    assert!(!first.contains("side=\"b\""), "node 0 reports only its own ends: {first}");
+    let after = scrape(&rig, 0).value("ratchet_end_packets_total", &sent);
+    assert!(after >= before + 3.0, "alpha's counter moved: {before} -> {after}");
+    assert_eq!(first.find("ratchet_end_packets_total", &[("side", "b")]).len(), 0, "node 0 reports only its own ends");
+    let other = scrape(&rig, 1);
+    assert_eq!(other.value("ratchet_links", &[("node", "node-1"), ("state", "up")]), 1.0, "each node labels its own");
+    other.one("ratchet_end_packets_total", &[("node", "node-1"), ("link", &link), ("side", "b")]);
 }
 
 #[test]

@@ -7,13 +7,22 @@
 //! the same node lock as ADD and DEL, so it never races them), computes the
 //! entries this node needs, and writes or removes the difference. The
 //! datapath never depends on it: links keep forwarding while it is down.
+//!
+//! Beside the rounds, on a thread of its own (`http`), it serves
+//! Prometheus metrics (`metrics`) and liveness and readiness from what
+//! each round records ([`status`]): a scrape reads the last round's view
+//! and the pinned counters, never the store.
 
-use std::{os::unix::fs::DirBuilderExt, path::Path, time::Duration};
+mod http;
+mod metrics;
+pub mod status;
+
+use std::{collections::BTreeSet, os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use ratchet_common::EndStats;
 use tracing::{info, warn};
 
+use self::status::{Snapshot, Status};
 use crate::{
     config::Settings,
     dataplane::Dataplane,
@@ -23,9 +32,6 @@ use crate::{
     store::{AnyStore, Store, Transaction, records},
     topology::Side,
 };
-
-/// One per-end counter: its metric name part, its help, how to read it.
-type Counter = (&'static str, &'static str, fn(&EndStats) -> u64);
 
 /// What one round changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,56 +44,26 @@ pub struct Round {
     pub forgotten: usize,
 }
 
-/// Runs rounds every `interval` until SIGINT or SIGTERM.
+/// Serves metrics and health on `metrics_address` and runs rounds every
+/// `interval` until SIGINT or SIGTERM.
 pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     let text = crate::files::read_text(config).with_context(|| format!("reading {}", config.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     let settings = Settings::from_config(ratchet_entry(&raw).with_context(|| format!("in {}", config.display()))?)?;
     let _ = tracing_subscriber::fmt().with_ansi(false).with_target(false).with_writer(std::io::stderr).try_init();
+    // Bound before anything else, so a taken port fails the start.
+    let listener = std::net::TcpListener::bind(settings.metrics_address)
+        .with_context(|| format!("serving metrics on {}", settings.metrics_address))?;
+    let serving = listener.local_addr()?;
+    let status = Arc::new(Status::new(settings.node(), interval));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _running = hold_running_lock(&settings)?;
     runtime.block_on(async {
-        let mut agent = Agent::start(&settings).await?;
-        let metrics = tokio::net::TcpListener::bind(settings.metrics_address)
-            .await
-            .with_context(|| format!("serving metrics on {}", settings.metrics_address))?;
-        info!(node = %settings.node(), metrics = %settings.metrics_address, "agent running");
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(interval);
-        // With etcd, every change starts a round at once; the tick stays as
-        // the floor (and is all there is with the embedded store).
-        let mut changes = agent.store.watch().await?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
-                changed = next_change(&mut changes) => {
-                    if let Err(error) = changed {
-                        warn!(%error, "etcd watch ended; polling until it is back");
-                        changes = None;
-                    }
-                    if let Err(error) = agent.round().await {
-                        warn!(%error, "round failed; retrying");
-                    }
-                }
-                accepted = metrics.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        if let Err(error) = agent.serve_metrics(stream).await {
-                            warn!(%error, "metrics request failed");
-                        }
-                    }
-                    Err(error) => warn!(%error, "accepting a metrics connection"),
-                },
-                _ = tick.tick() => match agent.round().await {
-                    Ok(round) if round != Round::default() => {
-                        info!(written = round.written, removed = round.removed, forgotten = round.forgotten, "reconciled")
-                    }
-                    Ok(_) => {}
-                    Err(error) => warn!(%error, "round failed; retrying"),
-                },
-            }
-        }
+        let mut agent = Agent::start(&settings, status.clone()).await?;
+        http::spawn(listener, status, settings.pin_root.clone())?;
+        info!(node = %settings.node(), metrics = %serving, "agent running");
+        agent.run_until_stopped(interval).await?;
         info!("agent stopped");
         Ok(())
     })
@@ -136,76 +112,57 @@ pub struct Agent<'a> {
     host: Netlink,
     /// The topology revision running pods were last brought in line with.
     synced_rev: Option<u64>,
+    /// The topology's link ids, and the revision they were read at: read
+    /// again only when it changes, for the links that have no end.
+    topology: Option<(u64, BTreeSet<String>)>,
     /// When the node's lease was last renewed.
     renewed: Option<std::time::Instant>,
+    /// Where each round's outcome goes, for the metrics and health endpoint.
+    status: Arc<Status>,
 }
 
 impl<'a> Agent<'a> {
     /// Opens the store and the host's netlink socket, held for every round.
-    pub async fn start(settings: &'a Settings) -> Result<Self, EndsError> {
+    pub async fn start(settings: &'a Settings, status: Arc<Status>) -> Result<Self, EndsError> {
         Ok(Self {
             settings,
             store: ends::open_store(settings).await?,
             host: Netlink::host()?,
             synced_rev: None,
+            topology: None,
             renewed: None,
+            status,
         })
     }
 
-    /// Answers one HTTP request with the metrics, whatever it asked for:
-    /// the endpoint serves nothing else.
-    async fn serve_metrics(&mut self, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut request = [0u8; 1024];
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut request)).await;
-        let body = self.metrics().await?;
-        let head = format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        Ok(())
-    }
-
-    /// Links by state (cluster-wide, from the store) and this node's ends'
-    /// counters, in the Prometheus text format.
-    pub async fn metrics(&mut self) -> Result<String, EndsError> {
-        let mut tx = self.store.begin().await?;
-        let by_link = records::links_with_ends(&mut tx).await?;
-        drop(tx);
-        let mut out = String::from("# HELP ratchet_links Links by state.\n# TYPE ratchet_links gauge\n");
-        for state in [pairing::LinkState::Up, pairing::LinkState::Waiting, pairing::LinkState::Down] {
-            let count = by_link.values().filter(|ends| pairing::state(ends) == state).count();
-            out.push_str(&format!("ratchet_links{{state=\"{state}\"}} {count}\n"));
-        }
-        let Some(dataplane) = Dataplane::open(&self.settings.pin_root)? else { return Ok(out) };
-        let node = self.settings.node();
-        let counters: [Counter; 3] = [
-            ("packets", "Frames", |stats| stats.packets),
-            ("bytes", "Bytes", |stats| stats.bytes),
-            ("drops", "Frames dropped while the peer was missing", |stats| stats.drops),
-        ];
-        for (name, help, value_of) in counters {
-            let metric = format!("ratchet_end_{name}_total");
-            out.push_str(&format!(
-                "# HELP {metric} {help} leaving a link end (this node's ends).\n# TYPE {metric} counter\n"
-            ));
-            for (link, ends) in &by_link {
-                for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
-                    let Some(end) = end.as_ref().filter(|end| end.node == node) else { continue };
-                    let Some(stats) = dataplane.stats(end.host_ifindex)? else { continue };
-                    let labels = format!(
-                        "link=\"{link}\",side=\"{}\",pod=\"{}\",ifname=\"{}\"",
-                        side.as_str(),
-                        end.pod,
-                        end.ifname
-                    );
-                    out.push_str(&format!("{metric}{{{labels}}} {}\n", value_of(&stats)));
+    /// Runs a round on every tick and (with etcd) every change, until SIGINT
+    /// or SIGTERM. A failed round is logged and retried on the next one.
+    async fn run_until_stopped(&mut self, interval: Duration) -> anyhow::Result<()> {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(interval);
+        // With etcd, every change starts a round at once; the tick stays as
+        // the floor (and is all there is with the embedded store).
+        let mut changes = self.store.watch().await?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                changed = next_change(&mut changes) => {
+                    if let Err(error) = changed {
+                        warn!(%error, "etcd watch ended; polling until it is back");
+                        changes = None;
+                    }
                 }
+                _ = tick.tick() => {}
+            }
+            match self.round().await {
+                Ok(round) if round != Round::default() => {
+                    info!(written = round.written, removed = round.removed, forgotten = round.forgotten, "reconciled")
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%error, "round failed; retrying"),
             }
         }
-        Ok(out)
     }
 
     /// Renews the node's lease a few times per lease period.
@@ -219,8 +176,24 @@ impl<'a> Agent<'a> {
         Ok(())
     }
 
-    /// One reconcile round, in one transaction.
+    /// One reconcile round, its outcome recorded for the metrics and
+    /// health endpoint.
     pub async fn round(&mut self) -> Result<Round, EndsError> {
+        self.status.round_began();
+        match self.reconcile().await {
+            Ok((round, snapshot)) => {
+                self.status.round_succeeded(snapshot);
+                Ok(round)
+            }
+            Err(error) => {
+                self.status.round_failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// The round itself, in one transaction; what it leaves, for the metrics.
+    async fn reconcile(&mut self) -> Result<(Round, Snapshot), EndsError> {
         self.renew_lease().await?;
         let settings = self.settings;
         let mut tx = self.store.begin().await?;
@@ -239,16 +212,32 @@ impl<'a> Agent<'a> {
         let wanted: Vec<Entry> =
             by_link.values().flat_map(|ends_of| pairing::forwarding(ends_of, ends.fabric())).collect();
         if let Some(dataplane) = ends.dataplane() {
-            reconcile(dataplane, &wanted, &mut round)?;
+            write_difference(dataplane, &wanted, &mut round)?;
         }
+        let links = topology_links(&mut tx, rev, &mut self.topology).await?;
+        let snapshot = Snapshot::of(links, &by_link, &ends.fabric().node);
         failpoint!("agent::before-commit");
         tx.commit().await?;
         self.synced_rev = Some(rev);
         for end in &unlinked {
             ends.teardown(end).await?;
         }
-        Ok(round)
+        Ok((round, snapshot))
     }
+}
+
+/// The topology's link ids at revision `rev`, read from the store only when
+/// `cache` holds another revision's.
+async fn topology_links<'c>(
+    tx: &mut impl Transaction,
+    rev: u64,
+    cache: &'c mut Option<(u64, BTreeSet<String>)>,
+) -> Result<&'c BTreeSet<String>, EndsError> {
+    if cache.as_ref().is_none_or(|(cached, _)| *cached != rev) {
+        let ids = records::topology(tx).await?.links.iter().map(crate::topology::Link::id).collect();
+        *cache = Some((rev, ids));
+    }
+    Ok(&cache.as_ref().expect("filled above").1)
 }
 
 /// Every end by link, but for the ends of this node whose veth is gone:
@@ -268,7 +257,7 @@ async fn ends_by_link(tx: &mut impl Transaction, node: &str) -> Result<(EndsByLi
 }
 
 /// Writes the wanted entries the maps lack and removes those nothing wants.
-fn reconcile(dataplane: &mut Dataplane, wanted: &[Entry], round: &mut Round) -> Result<(), EndsError> {
+fn write_difference(dataplane: &mut Dataplane, wanted: &[Entry], round: &mut Round) -> Result<(), EndsError> {
     let actual = dataplane.entries()?;
     for entry in actual.iter().filter(|entry| !wanted.contains(entry)) {
         // A slot that gets a new value is overwritten below instead.
