@@ -40,6 +40,15 @@ pub struct Cli {
     /// etcd password (`etcd_password`); prefer the environment variable.
     #[arg(long, global = true, env = "RATCHET_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
+    /// The CA etcd's certificate is checked against, PEM (`etcd_ca_file`).
+    #[arg(long, global = true, env = "RATCHET_ETCD_CA_FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// A client certificate for etcd, PEM (`etcd_cert_file`).
+    #[arg(long, global = true, env = "RATCHET_ETCD_CERT_FILE")]
+    etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's key, PEM (`etcd_key_file`).
+    #[arg(long, global = true, env = "RATCHET_ETCD_KEY_FILE")]
+    etcd_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,13 +152,26 @@ struct NodeFlags {
 /// Where `install` puts the plugin and its conflist.
 #[derive(clap::Args)]
 struct InstallPaths {
+    /// The CNI bin dir, as the host sees it.
     #[arg(long, default_value = "/opt/cni/bin")]
     bin_dir: PathBuf,
+    /// Where the conflist goes, as the host sees it: the runtime's dir
+    /// (ratchet as a network of its own), or Multus's `confDir`
+    /// (/etc/cni/multus/net.d: a secondary network by the name --network).
     #[arg(long, default_value = "/etc/cni/net.d")]
     conf_dir: PathBuf,
     /// The conflist's file name (runtimes take the first by name).
     #[arg(long, default_value = "10-ratchet.conflist")]
     conflist: String,
+    /// Where the host's root is mounted (an init container's /host): every
+    /// file is written under it, every path written into the conflist is
+    /// the host's.
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
+    /// Where the etcd TLS files given (--etcd-ca-file, ...) are copied to on
+    /// the host, for the plugin (which runs on the host) to read.
+    #[arg(long, default_value = "/etc/ratchet/etcd-tls")]
+    etcd_tls_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +196,9 @@ pub fn run() -> anyhow::Result<()> {
         etcd_endpoints: cli.etcd_endpoints,
         etcd_username: cli.etcd_username,
         etcd_password: cli.etcd_password,
+        etcd_ca_file: cli.etcd_ca_file,
+        etcd_cert_file: cli.etcd_cert_file,
+        etcd_key_file: cli.etcd_key_file,
         ..Settings::default()
     };
     // What install writes is for kubelet and the runtime to read: it sets
@@ -193,7 +218,13 @@ pub fn run() -> anyhow::Result<()> {
             let files = PluginFiles { delegate, boot_network, topology };
             install(&settings, paths, network, node, files)
         }
-        Command::Uninstall { paths } => crate::install::uninstall(&paths.bin_dir, &paths.conf_dir, &paths.conflist),
+        Command::Uninstall { paths } => {
+            let (bin_dir, conf_dir) = (
+                crate::install::under(&paths.host_root, &paths.bin_dir),
+                crate::install::under(&paths.host_root, &paths.conf_dir),
+            );
+            crate::install::uninstall(&bin_dir, &conf_dir, &paths.conflist)
+        }
         Command::Agent { config, interval_ms } => {
             crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
         }
@@ -229,7 +260,7 @@ struct PluginFiles {
 /// files' JSON.
 fn install(
     settings: &Settings,
-    InstallPaths { bin_dir, conf_dir, conflist }: InstallPaths,
+    paths: InstallPaths,
     network: String,
     NodeFlags { node_name, node_ip, metrics_address }: NodeFlags,
     files: PluginFiles,
@@ -239,6 +270,19 @@ fn install(
     plugin.insert("pin_root".into(), serde_json::json!(settings.pin_root));
     if !settings.etcd_endpoints.is_empty() {
         plugin.insert("etcd_endpoints".into(), serde_json::json!(settings.etcd_endpoints));
+    }
+    let tls = [
+        ("etcd_ca_file", &settings.etcd_ca_file, "ca.crt", 0o644),
+        ("etcd_cert_file", &settings.etcd_cert_file, "client.crt", 0o644),
+        ("etcd_key_file", &settings.etcd_key_file, "client.key", 0o600),
+    ];
+    for (key, given, name, mode) in tls {
+        let Some(given) = given else { continue };
+        let on_host = paths.etcd_tls_dir.join(name);
+        let bytes = crate::files::read_bounded(given, crate::files::MAX_INPUT)
+            .with_context(|| format!("reading {}", given.display()))?;
+        crate::install::place(&crate::install::under(&paths.host_root, &on_host), &bytes, mode)?;
+        plugin.insert(key.into(), serde_json::json!(on_host));
     }
     plugin.extend(node_name.map(|name| ("node_name".into(), serde_json::json!(name))));
     plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
@@ -253,6 +297,9 @@ fn install(
             plugin.insert(key.into(), value);
         }
     }
+    let InstallPaths { bin_dir, conf_dir, conflist, host_root, .. } = paths;
+    let (bin_dir, conf_dir) =
+        (crate::install::under(&host_root, &bin_dir), crate::install::under(&host_root, &conf_dir));
     crate::install::Install { bin_dir, conf_dir, conflist, network, plugin }.run()
 }
 

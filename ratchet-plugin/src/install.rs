@@ -94,8 +94,14 @@ fn others_naming_ratchet(conf_dir: &Path) -> anyhow::Result<Vec<std::path::PathB
     Ok(found)
 }
 
-/// Writes `bytes` to `path` unless it already holds them.
-fn place(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+/// A host path as seen from where the host's root is mounted.
+pub fn under(host_root: &Path, path: &Path) -> PathBuf {
+    host_root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Writes `bytes` to `path` unless it already holds them (with `mode`),
+/// through a temporary file renamed into place.
+pub fn place(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if crate::files::read_bounded(path, bytes.len() as u64).is_ok_and(|current| current == bytes) {
         println!("{} is up to date", path.display());

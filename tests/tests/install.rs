@@ -83,6 +83,53 @@ fn uninstall_keeps_a_binary_another_conflist_names() {
     assert!(!bin.join("ratchet").exists());
 }
 
+/// An init container sees the host at /host: files go under it, the
+/// conflist names the host's paths, etcd's TLS files are copied where the
+/// plugin (on the host) reads them, the key root-only.
+#[test]
+fn install_under_a_host_root_writes_host_paths_and_copies_the_etcd_tls_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = tempfile::tempdir().unwrap();
+    let (host, secret) = (dirs.path().join("host"), dirs.path().join("secret"));
+    std::fs::create_dir_all(&secret).unwrap();
+    for name in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(secret.join(name), format!("PEM of {name}")).unwrap();
+    }
+    let file = |name: &str| secret.join(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (file("ca.crt"), file("tls.crt"), file("tls.key"));
+    let args = [
+        "install",
+        "--host-root",
+        host.to_str().unwrap(),
+        "--conf-dir",
+        "/etc/cni/multus/net.d",
+        "--conflist",
+        "ratchet-links.conflist",
+        "--network",
+        "ratchet-links",
+        "--etcd-endpoints",
+        "https://192.0.2.10:2379",
+        "--etcd-ca-file",
+        &ca,
+        "--etcd-cert-file",
+        &cert,
+        "--etcd-key-file",
+        &key,
+    ];
+    ratchet_tests::run(ratchet_bin().to_str().unwrap(), &args);
+    assert!(host.join("opt/cni/bin/ratchet").exists());
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(host.join("etc/cni/multus/net.d/ratchet-links.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(conflist["name"], "ratchet-links");
+    let plugin = &conflist["plugins"][0];
+    assert_eq!(plugin["etcd_ca_file"], "/etc/ratchet/etcd-tls/ca.crt");
+    assert_eq!(plugin["etcd_key_file"], "/etc/ratchet/etcd-tls/client.key");
+    let copied = host.join("etc/ratchet/etcd-tls/client.key");
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "PEM of tls.key");
+    assert_eq!(std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777, 0o600, "the key is root-only");
+}
+
 #[test]
 fn install_refuses_a_bad_topology() {
     let dirs = tempfile::tempdir().unwrap();
