@@ -19,6 +19,7 @@ mod datapath;
 mod lab;
 mod report;
 mod scale;
+mod upgrade;
 
 use std::{
     fs,
@@ -55,10 +56,9 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     println!("==> setup");
     setup::run()?;
     util::require_root("the benchmark (netns, eBPF, bpffs)")?;
-    println!("\n==> build the plugin (release)");
-    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "ratchet-plugin"]))?;
-    let bin = util::target_dir().join("release").join("ratchet");
-    let bin = bin.canonicalize().with_context(|| format!("the build left no {}", bin.display()))?;
+    println!("\n==> build the plugin (release), and a build of the next layout of its maps");
+    let next_bin = build_plugin(&["--features", "layout-next"], "ratchet-next")?;
+    let bin = build_plugin(&[], "ratchet")?;
 
     let plan = if quick {
         Plan { quick, links: 4, reps: 2, seconds: 1, scale_links: 20, scale_window: 5 }
@@ -68,11 +68,11 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     let machine = report::Machine::probe();
     let mut lab = Lab::new(bin)?;
     println!("\n==> bench {plan:?} in {} (pinned to CPUs: {:?})", lab.prefix, lab.cpus);
-    let measured = measure(&mut lab, &plan);
+    let measured = measure(&mut lab, &plan, &next_bin);
     println!("\n==> clean up");
     lab.cleanup();
     lab.verify_clean()?;
-    let Measured { control, datapath, crossnode, scale } = measured?;
+    let Measured { control, datapath, crossnode, scale, upgrade } = measured?;
     let elapsed = started.elapsed();
     let report = report::Report {
         machine,
@@ -81,6 +81,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         datapath,
         crossnode,
         scale,
+        upgrade,
         elapsed_s: elapsed.as_secs_f64(),
         pinned: lab.cpus,
     };
@@ -95,9 +96,21 @@ struct Measured {
     datapath: datapath::Datapath,
     crossnode: crossnode::CrossNode,
     scale: scale::Scale,
+    upgrade: upgrade::Upgrade,
 }
 
-fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Measured> {
+/// Builds the plugin (release) with `flags` and copies it to
+/// `target/bench-bin/<name>`, out of the way of the next build.
+fn build_plugin(flags: &[&str], name: &str) -> anyhow::Result<PathBuf> {
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "ratchet-plugin"]).args(flags))?;
+    let built = util::target_dir().join("release").join("ratchet");
+    let bin = util::target_dir().join("bench-bin").join(name);
+    fs::create_dir_all(bin.parent().context("a dir")?)?;
+    fs::copy(&built, &bin).with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
+    Ok(bin.canonicalize()?)
+}
+
+fn measure(lab: &mut Lab, plan: &Plan, next_bin: &Path) -> anyhow::Result<Measured> {
     fs::create_dir_all(&lab.state_dir).with_context(|| format!("creating {}", lab.state_dir.display()))?;
     apply_topology(lab, plan)?;
     println!("\n==> control plane: CNI ADD and DEL, ratchet vs bridge vs ptp");
@@ -109,7 +122,9 @@ fn measure(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Measured> {
     // Last: its thousands of netns and veths would weigh on the others.
     println!("\n==> scale: ADD latency as one node fills with {} links", plan.scale_links);
     let scale = scale::measure(lab, plan)?;
-    Ok(Measured { control, datapath, crossnode, scale })
+    println!("\n==> upgrade: a ping flood across a link while new builds take its node over");
+    let upgrade = upgrade::measure(lab, next_bin)?;
+    Ok(Measured { control, datapath, crossnode, scale, upgrade })
 }
 
 /// The ratchet pod names of control-plane link `i` (0 is the warm-up).

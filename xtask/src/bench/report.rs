@@ -15,6 +15,7 @@ use super::{
     percentile,
     scale::Scale,
     sorted,
+    upgrade::Upgrade,
 };
 
 pub struct Machine {
@@ -43,6 +44,7 @@ pub struct Report {
     pub datapath: Datapath,
     pub crossnode: CrossNode,
     pub scale: Scale,
+    pub upgrade: Upgrade,
     pub elapsed_s: f64,
     pub pinned: Option<(usize, usize)>,
 }
@@ -137,6 +139,7 @@ impl Report {
     fn figures(&self) -> Vec<Figure> {
         let mut figures = self.crossnode_figures();
         figures.extend(self.scale_figures());
+        figures.extend(self.upgrade_figures());
         figures
     }
 
@@ -231,6 +234,34 @@ impl Report {
         ]
     }
 
+    fn upgrade_figures(&self) -> Vec<Figure> {
+        let rows = [
+            ("the next layout's build", &self.upgrade.next_layout),
+            ("another build, same layout", &self.upgrade.same_layout),
+        ];
+        rows.into_iter()
+            .flat_map(|(who, take_over)| {
+                [
+                    Figure {
+                        figure: format!(
+                            "frames lost while {who} takes a node over (of {} flooded pings)",
+                            take_over.pings
+                        ),
+                        value: take_over.lost as f64,
+                        baseline: None,
+                        target: Some(("= 0", take_over.lost == 0)),
+                    },
+                    Figure {
+                        figure: format!("its take-over verb, switch-over included (ms)"),
+                        value: take_over.verb_ms,
+                        baseline: None,
+                        target: None,
+                    },
+                ]
+            })
+            .collect()
+    }
+
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
         let (rows, figures) = (self.rows(), self.figures());
         let md = self.markdown(&rows, &figures);
@@ -305,7 +336,14 @@ impl Report {
              A warm-up link (its first ADD loads and pins the programs) is not counted. The agent (embedded \
              store: a reconcile every 20 ms over every end) runs for 2 s on the empty node and again on the \
              full one, never during the ADDs; RSS, peak RSS and fds are read from /proc at the end of each run. \
-             The node is then emptied by deleting the netns.\n\n\
+             The node is then emptied by deleting the netns.\n\
+             - **Upgrade.** A node of its own with one link, its pods ADDed by this build; a ping flood (`ping \
+             -f`, each request sent as the last reply returns) crosses it while a build of the next layout of \
+             the maps (the `layout-next` feature) sends its first verb on the node, a CHECK, which takes the \
+             node over: new maps filled from the store, counters carried, programs swapped in place on the \
+             host veths. Then, its build marker changed to another build's, the same again with programs \
+             swapped over the same maps. Frames lost are the flood's unanswered pings; the verb's wall time \
+             includes loading the new build's programs.\n\n\
              ## Spread\n\n{spread}\n\
              ## Not measured\n\n\
              The tcx attach mode (ebpf-lifecycle.md measured its ADD at about 6x clsact's).\n",
