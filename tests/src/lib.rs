@@ -10,6 +10,7 @@
 //! - [`scrape`]: the agent's HTTP endpoint, and a strict parser of what
 //!   `/metrics` serves;
 //! - [`versions`]: every CNI version, `per_version!` and `on_each_store!`;
+//! - [`containerd`]: a private containerd's processes, mounts and cgroups;
 //! - [`util`]: the binary under test, unique names, commands, waiting.
 //!
 //! What xtask shares with them (invoking a plugin, the etcd launcher, the
@@ -22,6 +23,7 @@
 //! need `/usr/bin/etcd` and `etcdctl` (Debian's etcd-server and etcd-client),
 //! which they start themselves on 127.0.0.1 only (or inside the rig's nodes).
 
+pub mod containerd;
 pub mod etcd;
 pub mod node;
 pub mod plugins;
@@ -32,6 +34,7 @@ pub mod scrape;
 pub mod util;
 pub mod versions;
 
+pub use containerd::{cgroup_dirs, mounts_under, processes_mentioning};
 pub use etcd::{Etcd, Tls};
 pub use node::{Agent, Node, host_has_link, host_ifindex, host_ifnames, host_link_gone};
 pub use plugins::{Bridge, HostLocal, reference_plugin, with_prev_result, with_valid_attachments};

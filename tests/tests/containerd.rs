@@ -33,7 +33,9 @@ use k8s_cri::v1::{
     StopPodSandboxRequest, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
 use ratchet_plugin::{naming::host_ifname, topology::Side};
-use ratchet_tests::{Bridge, HostLocal, Node, host_link_gone, ratchet_bin, run, unique};
+use ratchet_tests::{
+    Bridge, HostLocal, Node, cgroup_dirs, host_link_gone, mounts_under, processes_mentioning, ratchet_bin, run, unique,
+};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -471,46 +473,6 @@ fn netns_path(status: &PodSandboxStatusResponse) -> Option<String> {
     let namespaces = info["runtimeSpec"]["linux"]["namespaces"].as_array()?;
     let network = namespaces.iter().find(|n| n["type"] == "network")?;
     network["path"].as_str().map(String::from)
-}
-
-/// Where a cgroup of this path lives: under each cgroup v1 hierarchy, and
-/// under the root of a cgroup v2 only machine.
-fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    let relative = cgroup.trim_start_matches('/');
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|e| e.path());
-    std::iter::once(PathBuf::from("/sys/fs/cgroup"))
-        .chain(hierarchies)
-        .map(|hierarchy| hierarchy.join(relative))
-        .filter(|dir| dir.is_dir())
-        .collect()
-}
-
-/// Every mount point at or under `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut mounts: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| Path::new(point).starts_with(dir))
-        .map(String::from)
-        .collect();
-    mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
-    mounts
-}
-
-/// The PIDs of processes whose command line mentions `dir` (containerd and
-/// its shims name our socket).
-fn processes_mentioning(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
 }
 
 /// Packs `files` (path in the image, file on the host) as an OCI image-layout

@@ -202,9 +202,16 @@ fn the_deploy_manifests_parse() {
                     assert!(value["metadata"]["name"].is_string(), "{}: {kind} has no name", path.display());
                     kinds.push(kind.to_owned());
                     if kind == "DaemonSet" {
-                        assert_agent_probed_where_it_serves(&value);
+                        assert_daemonset_fits_a_cluster(&value);
+                    }
+                    if kind == "NetworkAttachmentDefinition" {
+                        assert!(value["spec"]["config"].is_null(), "Multus reads the node's conflist from its confDir");
                     }
                     if kind == "ConfigMap" {
+                        let etcd = value["data"]["etcd-endpoints"].as_str().unwrap();
+                        assert!(!etcd.contains(".svc"), "the host's resolver knows no cluster names: {etcd}");
+                        ratchet_plugin::topology::Topology::from_json(value["data"]["topology.json"].as_str().unwrap())
+                            .expect("the ConfigMap's topology is valid");
                         for (key, data) in value["data"].as_mapping().unwrap() {
                             if key.as_str().unwrap().ends_with(".json") {
                                 let json: Value = serde_json::from_str(data.as_str().unwrap()).unwrap();
@@ -225,15 +232,34 @@ fn the_deploy_manifests_parse() {
     assert_eq!(kinds, ["ConfigMap", "DaemonSet", "NetworkAttachmentDefinition", "Pod"]);
 }
 
-/// The DaemonSet installs `--metrics-address` on the node's address, and
-/// the agent container's probes ask /healthz and /readyz on that port.
-fn assert_agent_probed_where_it_serves(daemonset: &serde_yaml::Value) {
+/// The DaemonSet runs as a cluster runs a node agent, installs ratchet as
+/// the Multus network its attachment names (not the node's primary network),
+/// with the metrics on the node's address where kubelet's probes ask.
+fn assert_daemonset_fits_a_cluster(daemonset: &serde_yaml::Value) {
     let spec = &daemonset["spec"]["template"]["spec"];
-    let install = spec["initContainers"][0]["command"][2].as_str().unwrap();
-    assert!(install.contains(r#"--metrics-address "$(NODE_IP):9478""#), "{install}");
+    assert_eq!(spec["priorityClassName"].as_str(), Some("system-node-critical"));
+    assert_eq!(spec["tolerations"][0]["operator"].as_str(), Some("Exists"), "every node");
+    let install: Vec<&str> =
+        spec["initContainers"][0]["command"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for flag in [
+        "--metrics-address=$(NODE_IP):9478",
+        "--conf-dir=/etc/cni/multus/net.d",
+        "--network=ratchet-links",
+        "--host-root=/host",
+    ] {
+        assert!(install.contains(&flag), "the installer passes {flag}: {install:?}");
+    }
     let agent = &spec["containers"][0];
+    let config =
+        agent["command"].as_sequence().unwrap().iter().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(" ");
+    assert!(config.contains("--config=/host/etc/cni/multus/net.d/ratchet-links.conflist"), "{config}");
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(agent[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
         assert_eq!(agent[probe]["httpGet"]["port"].as_u64(), Some(9478), "{probe}");
     }
+    for container in [&spec["initContainers"][0], agent] {
+        assert!(container["resources"]["requests"]["memory"].is_string(), "{:?} asks for memory", container["name"]);
+    }
+    let bpffs = agent["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/sys/fs/bpf").unwrap();
+    assert_eq!(bpffs["mountPropagation"].as_str(), Some("Bidirectional"), "pins outlive the pod");
 }

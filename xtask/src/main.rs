@@ -6,6 +6,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod fuzz;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -55,7 +56,10 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
-    /// Set up, build, run clippy and the whole test suite (as root).
+    /// Build ratchet's OCI image offline: one static binary, `/ratchet`,
+    /// as an OCI archive in `target/image/` tagged `localhost/ratchet:<version>`.
+    Image,
+    /// Set up, build (the image too), run clippy and the whole test suite (as root).
     Test {
         /// Passed to `cargo test` as given, `--` included, e.g.
         /// `cargo xtask test -- --list` or `cargo xtask test -p ratchet-tests -- --nocapture`.
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench { quick, out } => bench::run(quick, &out),
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
+        Task::Image => image::run(),
         // clap drops the first `--`; cargo test needs it to tell its own
         // arguments from the test binaries', so take them as typed.
         Task::Test { .. } => test::run(&test::raw_args()),

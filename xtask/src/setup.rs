@@ -20,7 +20,7 @@ use crate::util::{self, command};
 
 /// Debian packages: the eBPF compiler and its core source, and the tools the
 /// demo and the tests use.
-const APT_PACKAGES: [&str; 20] = [
+const APT_PACKAGES: [&str; 21] = [
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -49,6 +49,8 @@ const APT_PACKAGES: [&str; 20] = [
     "libc6-dev",
     // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer (C++).
     "g++",
+    // `cargo xtask image`: writes the OCI image layout, with no daemon.
+    "umoci",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,7 +6,9 @@
 //! - [`etcd`]: an etcd of the caller's own (plain or TLS with client
 //!   certificates, on free or fixed ports, here or inside a netns);
 //! - [`rig`]: two netns "nodes" joined by an underlay, etcd inside the first,
-//!   the plugin and an agent run inside each.
+//!   the plugin and an agent run inside each;
+//! - [`image`]: the container image's name and where its archive lands, and
+//!   how an ELF binary is linked (static or not).
 //!
 //! xtask builds this crate with plain rustup stable before `cargo xtask
 //! setup`, so it depends on std, serde_json and anyhow only. Errors are
@@ -14,6 +16,7 @@
 //! fixture starts or makes it stops or removes when dropped.
 
 pub mod etcd;
+pub mod image;
 pub mod rig;
 pub mod runtime;
 

@@ -252,7 +252,7 @@ impl Report {
                         target: Some(("= 0", take_over.lost == 0)),
                     },
                     Figure {
-                        figure: format!("its take-over verb, switch-over included (ms)"),
+                        figure: "its take-over verb, switch-over included (ms)".into(),
                         value: take_over.verb_ms,
                         baseline: None,
                         target: None,
