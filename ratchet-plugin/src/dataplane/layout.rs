@@ -23,11 +23,7 @@ use std::{
 
 use aya::{EbpfLoader, programs::SchedClassifier};
 
-use super::{
-    DataplaneError, OBJECT, PIN_LINKS, PIN_PEERS, PIN_PROG, PIN_STATS, PIN_SWITCHES, PIN_VNIS, Program, obj_get,
-    pin_into, staging_dir,
-};
-use ratchet_common::{MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_VNIS};
+use super::{DataplaneError, MAP_PINS, OBJECT, PIN_LINKS, PIN_PROG, Program, obj_get, pin_into, staging_dir};
 
 /// The layout of the maps this build reads and writes. A test-only build
 /// (`layout-next`) speaks the next one, to exercise an upgrade across layouts.
@@ -115,9 +111,7 @@ impl Staged {
         let staged = Self { root: root.to_owned(), dir: dir.clone(), shares_maps: share_maps, committed: false };
         if share_maps {
             let mut loader = EbpfLoader::new();
-            for (map, pin) in
-                [(MAP_PEERS, PIN_PEERS), (MAP_VNIS, PIN_VNIS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)]
-            {
+            for (map, pin) in MAP_PINS {
                 loader.map_pin_path(map, root.join(pin));
             }
             pin_programs(&mut loader.load(OBJECT)?, &dir)?;
@@ -185,7 +179,7 @@ impl Drop for Staged {
 }
 
 /// Loads and pins the programs of an object whose maps are already made.
-fn pin_programs(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<(), DataplaneError> {
+pub(super) fn pin_programs(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<(), DataplaneError> {
     for program in [Program::ToPeer, Program::FromTunnel] {
         let name = program.name();
         let classifier: &mut SchedClassifier = ebpf

@@ -725,26 +725,20 @@ fn sweep_stale_staging(root: &Path) {
 
 fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
     let mut ebpf: Ebpf = EbpfLoader::new().load(OBJECT)?;
-    let pin_error = |what: &str, e: aya::pin::PinError| DataplaneError::PinRoot {
-        path: dir.join(what).display().to_string(),
-        source: io::Error::other(e),
-    };
-    for (name, pin) in [(PROG_TO_PEER, PIN_PROG), (PROG_FROM_TUNNEL, PIN_PROG_TUNNEL)] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::NotInObject { name })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program { what: name.into(), source })?;
-        program.load().map_err(|source| DataplaneError::Program { what: format!("load {name}"), source })?;
-        program.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
-    }
-    let maps = [(MAP_PEERS, PIN_PEERS), (MAP_VNIS, PIN_VNIS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
-    for (map, pin) in maps {
+    layout::pin_programs(&mut ebpf, dir)?;
+    for (map, pin) in MAP_PINS {
         let found = ebpf.map(map).ok_or(DataplaneError::NotInObject { name: map })?;
-        found.pin(dir.join(pin)).map_err(|e| pin_error(pin, e))?;
+        found.pin(dir.join(pin)).map_err(|e| DataplaneError::PinRoot {
+            path: dir.join(pin).display().to_string(),
+            source: io::Error::other(e),
+        })?;
     }
     layout::mark(dir).map_err(|source| DataplaneError::PinRoot { path: dir.display().to_string(), source })
 }
+
+/// Each map of the object, by its name there, and its pin's name.
+const MAP_PINS: [(&str, &str); 4] =
+    [(MAP_PEERS, PIN_PEERS), (MAP_VNIS, PIN_VNIS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
 
 #[cfg(test)]
 mod tests {
