@@ -17,9 +17,11 @@ pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every mount point at or under `dir`, deepest first.
+/// Every mount point at or under `dir`, deepest first, in the calling
+/// thread's mount namespace (a test may have one of its own: see
+/// `daemonset.rs`; `/proc/self` would show the main thread's).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
     let mut mounts: Vec<String> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -43,4 +45,64 @@ pub fn processes_mentioning(dir: &Path) -> Vec<i32> {
             String::from_utf8_lossy(&cmdline).contains(needle)
         })
         .collect()
+}
+
+/// Starts containerd on `dir/config.toml`, its output to `dir/containerd.log`.
+pub fn spawn(dir: &Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+    std::process::Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn containerd (apt-get install containerd)")
+}
+
+/// Force-deletes every container runc keeps state for under `runc_root`
+/// (a test's own): what a failed run left.
+pub fn delete_containers(runc_root: &Path) {
+    for container in std::fs::read_dir(runc_root).into_iter().flatten().flatten() {
+        let _ = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(runc_root)
+            .args(["delete", "--force"])
+            .arg(container.file_name())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// containerd's config (version 2) with its root, state, sockets and opt
+/// dir under `dir`, the snapshotters and tracing it cannot use here off,
+/// and `disabled` plugins off too; a caller appends its plugins' sections.
+pub fn base_config(dir: &Path, disabled: &[&str]) -> String {
+    let d = dir.display();
+    let unused = [
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.tracing.processor.v1.otlp",
+        "io.containerd.internal.v1.tracing",
+    ];
+    let off: Vec<String> = disabled.iter().chain(&unused).map(|plugin| format!("{plugin:?}")).collect();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [{}]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#,
+        off.join(", ")
+    )
 }

@@ -11,7 +11,8 @@
 //!   `/metrics` serves;
 //! - [`versions`]: every CNI version, `per_version!` and `on_each_store!`;
 //! - [`containerd`]: a private containerd's processes, mounts and cgroups;
-//! - [`util`]: the binary under test, unique names, commands, waiting.
+//! - [`cri`]: a private containerd driven over CRI as kubelet drives it;
+//! - [`util`]: the binary and image under test, unique names, commands, waiting.
 //!
 //! What xtask shares with them (invoking a plugin, the etcd launcher, the
 //! rig) lives once in `ratchet-harness` (`tests/harness`); the modules here
@@ -24,6 +25,7 @@
 //! which they start themselves on 127.0.0.1 only (or inside the rig's nodes).
 
 pub mod containerd;
+pub mod cri;
 pub mod etcd;
 pub mod node;
 pub mod plugins;
@@ -42,5 +44,5 @@ pub use pods::{Pod, container_of, end, pattern, tcp_transfer};
 pub use rig::Rig;
 pub use runtime::{Reply, call_binary, call_command, kubelet_env, sandbox_env};
 pub use scrape::{Answer, Sample, Scrape};
-pub use util::{eventually, ratchet_bin, run, unique};
+pub use util::{eventually, ratchet_bin, ratchet_image, run, unique};
 pub use versions::{VERSIONS, has_check, is_legacy};

@@ -32,22 +32,28 @@ impl Answer {
 /// `METHOD path` on `address`, the connection closed after the answer; each
 /// step may take at most five seconds.
 pub fn request(address: SocketAddr, method: &str, path: &str) -> Answer {
+    try_request(address, method, path).unwrap_or_else(|e| panic!("{method} {path} at the agent at {address}: {e}"))
+}
+
+/// The same, with an error where the agent cannot be reached or its answer
+/// read (e.g. while it starts, or after it stopped); panics on an answer
+/// that is not HTTP.
+pub fn try_request(address: SocketAddr, method: &str, path: &str) -> std::io::Result<Answer> {
     let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .unwrap_or_else(|e| panic!("connecting to the agent at {address}: {e}"));
-    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes())?;
     let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e} (so far: {raw})"));
+    stream.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of headers in {raw}"));
     let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok());
-    Answer {
+    Ok(Answer {
         status: status.unwrap_or_else(|| panic!("not an HTTP status line: {status_line}")),
         headers: headers.to_owned(),
         body: body.to_owned(),
-    }
+    })
 }
 
 /// `GET path` on `address`.

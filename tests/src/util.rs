@@ -1,4 +1,4 @@
-//! What every fixture uses: the plugin binary under test, names no other
+//! What every fixture uses: the plugin binary (and image) under test, names no other
 //! test uses, running a command that must succeed, and waiting for a
 //! condition.
 
@@ -21,6 +21,24 @@ pub fn ratchet_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// ratchet's image archive (`cargo xtask image`'s OCI archive):
+/// `RATCHET_IMAGE` (set by `cargo xtask test`), else where `cargo xtask
+/// image` puts it; `None` (the caller skips its test, saying why) when
+/// neither names one.
+pub fn ratchet_image() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RATCHET_IMAGE") {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "RATCHET_IMAGE={} is missing", path.display());
+        return Some(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(ratchet_harness::image::IMAGE_ARCHIVE);
+    if !path.exists() {
+        eprintln!("skipped: no {}; `cargo xtask image` builds it (`cargo xtask test` does)", path.display());
+        return None;
+    }
+    Some(path)
 }
 
 /// A name no other test (or concurrent test run) uses.

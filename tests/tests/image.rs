@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ratchet_harness::image::{IMAGE_ARCHIVE, IMAGE_ENTRYPOINT, elf_linkage, image_reference};
-use ratchet_tests::{cgroup_dirs, mounts_under, processes_mentioning, run, unique};
+use ratchet_harness::image::{IMAGE_ENTRYPOINT, elf_linkage, image_reference};
+use ratchet_tests::{cgroup_dirs, mounts_under, processes_mentioning, ratchet_image, run, unique};
 use serde_json::Value;
 
 /// Where a node's runtime keeps kubelet's images.
@@ -26,22 +26,6 @@ const SHARED_DIRS: [&str; 2] = ["/run/containerd/s", "/run/containerd"];
 
 /// How long containerd may take to answer, and any one `ctr` call.
 const WITHIN: Duration = Duration::from_secs(20);
-
-/// The archive: `RATCHET_IMAGE`, else where `cargo xtask image` puts it;
-/// `None` (the test is skipped) when neither names one.
-fn archive() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("RATCHET_IMAGE") {
-        let path = PathBuf::from(path);
-        assert!(path.exists(), "RATCHET_IMAGE={} is missing", path.display());
-        return Some(path);
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target").join(IMAGE_ARCHIVE);
-    if !path.exists() {
-        eprintln!("skipped: no {}; `cargo xtask image` builds it (`cargo xtask test` does)", path.display());
-        return None;
-    }
-    Some(path)
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -73,7 +57,7 @@ fn oci_arch() -> &'static str {
 
 #[test]
 fn the_image_is_one_static_binary_that_containerd_runs() {
-    let Some(archive) = archive() else { return };
+    let Some(archive) = ratchet_image() else { return };
     let started = Instant::now();
     let reference = image_reference();
     let work = tempfile::Builder::new().prefix("ratchet-image-").tempdir().unwrap();
@@ -198,34 +182,11 @@ struct Containerd {
 impl Containerd {
     fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("ratchet-ctr-").tempdir().unwrap();
-        let d = dir.path().display();
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{d}/containerd.sock"
-
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-"#
-        );
+        // No CRI: nothing here needs a pod.
+        let config = ratchet_tests::containerd::base_config(dir.path(), &["io.containerd.grpc.v1.cri"]);
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let shared_dirs_before = SHARED_DIRS.iter().map(|d| Path::new(d).exists()).collect();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd (apt-get install containerd)");
+        let child = ratchet_tests::containerd::spawn(dir.path());
         // From here on, a failure drops (and so stops) it.
         let mut containerd =
             Self { dir, child, cgroup_parent: format!("/{}", unique("ratchet-image-")), shared_dirs_before };
@@ -287,15 +248,7 @@ impl Drop for Containerd {
         };
         // Containers a failed run left (runc's state is ours alone).
         let runc_root = self.runc_root().join(NAMESPACE);
-        for container in std::fs::read_dir(&runc_root).into_iter().flatten().flatten() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(container.file_name())
-                .stderr(Stdio::null())
-                .status();
-        }
+        ratchet_tests::containerd::delete_containers(&runc_root);
         let _ = kill(Pid::from_raw(i32::try_from(self.child.id()).unwrap()), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
