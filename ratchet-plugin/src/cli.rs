@@ -354,7 +354,9 @@ struct LinkView {
     ends: Vec<EndView>,
 }
 
-/// One attached end; its counters are the direction leaving this end.
+/// One attached end; its counters are the direction leaving this end, read
+/// only for an end whose host veth is on this node (`null`, `-` in the
+/// table, for another node's: this node's maps know nothing of it).
 #[derive(Serialize)]
 struct EndView {
     side: Side,
@@ -366,9 +368,9 @@ struct EndView {
     #[serde(skip_serializing_if = "Option::is_none")]
     node_alive: Option<bool>,
     container_id: String,
-    packets: u64,
-    bytes: u64,
-    drops: u64,
+    packets: Option<u64>,
+    bytes: Option<u64>,
+    drops: Option<u64>,
 }
 
 async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
@@ -386,9 +388,12 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
+            // The ifindex is this node's only when the veth of that name is.
+            let here = crate::netlink::ifindex_of(&end.host_ifname)? == Some(end.host_ifindex);
             let stats = match &counters {
-                Some(counters) => counters.get(end.host_ifindex)?.unwrap_or_default(),
-                None => Default::default(),
+                Some(counters) if here => Some(counters.get(end.host_ifindex)?.unwrap_or_default()),
+                _ if here => Some(Default::default()),
+                _ => None,
             };
             end_views.push(EndView {
                 side,
@@ -398,9 +403,9 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 node_alive: alive.as_ref().map(|alive| alive.contains(&end.node)),
                 node: end.node,
                 container_id: end.container_id,
-                packets: stats.packets,
-                bytes: stats.bytes,
-                drops: stats.drops,
+                packets: stats.map(|s| s.packets),
+                bytes: stats.map(|s| s.bytes),
+                drops: stats.map(|s| s.drops),
             });
         }
         views.push(LinkView { link, state: state.to_string(), ends: end_views });
@@ -413,6 +418,11 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
         print_table(&mut out, &views)?;
     }
     Ok(())
+}
+
+/// A counter as the table shows it: `-` for an end on another node.
+fn counter(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".into(), |value| value.to_string())
 }
 
 fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
@@ -437,9 +447,9 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
                     Some(false) => format!("{} (down)", end.node),
                     _ => end.node.clone(),
                 },
-                end.packets.to_string(),
-                end.bytes.to_string(),
-                end.drops.to_string(),
+                counter(end.packets),
+                counter(end.bytes),
+                counter(end.drops),
             ]);
         }
     }

@@ -81,12 +81,17 @@ fn two_ends_added_at_once_on_two_nodes_make_one_link() {
             assert!(reply.success, "{}", reply.stdout);
         }
     });
+    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "one link, carrying traffic");
     let out = rig.cli(0, &["links", "--json"]).output().unwrap();
     let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let ours = links.iter().find(|l| l["link"] == link.as_str()).unwrap();
     assert_eq!(ours["state"], "up", "{ours}");
-    assert_eq!(ours["ends"].as_array().unwrap().len(), 2);
-    assert!(eventually_pings(&alpha, "10.77.0.2", 5), "one link, carrying traffic");
+    let ends = ours["ends"].as_array().unwrap();
+    assert_eq!(ends.len(), 2);
+    // Node 0's maps count only its own end; node 1's is not read from them.
+    let end_on = |node: &str| ends.iter().find(|e| e["node"] == node).unwrap_or_else(|| panic!("{ours}"));
+    assert!(end_on("node-0")["packets"].as_u64().is_some_and(|sent| sent > 0), "{ours}");
+    assert!(end_on("node-1")["packets"].is_null(), "another node's counters are not this node's: {ours}");
 }
 
 /// Two nodes with agents and one live link between alpha (node 0) and beta (node 1).
