@@ -380,11 +380,18 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let mut tx = store.begin().await?;
     let counters = Counters::open(&settings.pin_root)?;
     let by_link = records::links_with_ends(&mut tx).await?;
+    let in_topology: std::collections::HashSet<String> =
+        records::topology(&mut tx).await?.links.iter().map(|link| link.id()).collect();
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     drop(tx);
     let mut views = Vec::with_capacity(by_link.len());
     for (link, ends) in by_link {
-        let state = pairing::state(&ends);
+        // Ends of a link the topology dropped stay until their pods go;
+        // the link is not up for that.
+        let state = match in_topology.contains(&link) {
+            true => pairing::state(&ends).to_string(),
+            false => "removed".to_owned(),
+        };
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
@@ -408,7 +415,7 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 drops: stats.map(|s| s.drops),
             });
         }
-        views.push(LinkView { link, state: state.to_string(), ends: end_views });
+        views.push(LinkView { link, state, ends: end_views });
     }
     let mut out = io::stdout().lock();
     if json {

@@ -157,6 +157,23 @@ fn tcx_attachment_works_too() {
     node.del(&beta);
 }
 
+/// A link the topology no longer has keeps its attached ends until their
+/// pods go; `ratchet links` says it was removed rather than `up`.
+#[test]
+fn a_link_dropped_from_the_topology_shows_as_removed_not_up() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let link = unique("lk");
+    node.apply(&pair_topology(&link, &alpha, &beta));
+    node.add(&alpha);
+    node.add(&beta);
+    assert_eq!(node.link_state(&link), "up");
+    node.cli(&["topology", "delete"]);
+    assert_eq!(node.link_state(&link), "removed");
+    node.del(&alpha);
+    node.del(&beta);
+}
+
 #[test]
 fn the_topology_can_be_shown_and_deleted() {
     let node = Node::new();
