@@ -231,7 +231,7 @@ mod tests {
     fn end(node: &str, ifindex: u32) -> EndRecord {
         let json = serde_json::json!({"container_id": "c", "cni_ifname": "eth0", "pod": "default/p",
             "netns": "/run/netns/p", "ifname": "in1", "host_ifname": "rtx", "host_ifindex": ifindex, "node": node,
-            "generation": 1});
+            "dataplane": 1});
         serde_json::from_value(json).unwrap()
     }
 
