@@ -271,15 +271,16 @@ impl Dataplane {
     /// Opens pins known to be there, whatever their layout (a staging
     /// directory, or the old maps a layout upgrade copies counters from).
     pub fn open_as_is(root: &Path) -> Result<Self, DataplaneError> {
+        // The peers map is opened once, for its kernel id and its entries.
         let peers_pin = root.join(PIN_PEERS);
-        let generation = aya::maps::MapInfo::from_pin(&peers_pin)
-            .map_err(|source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source })?
-            .id();
+        let failed = |source| DataplaneError::Map { what: format!("open {}", peers_pin.display()), source };
+        let peers = MapData::from_pin(&peers_pin).map_err(failed)?;
+        let generation = peers.info().map_err(failed)?.id();
         Ok(Self {
             root: root.to_owned(),
             generation,
             classifiers: [None, None],
-            peers: open_map(root, PIN_PEERS)?,
+            peers: typed_map(peers, &peers_pin)?,
             vnis: open_map(root, PIN_VNIS)?,
             stats: open_map(root, PIN_STATS)?,
         })
@@ -594,8 +595,19 @@ where
     M: TryFrom<Map, Error = MapError>,
 {
     let path = root.join(pin);
+    let data = MapData::from_pin(&path)
+        .map_err(|source| DataplaneError::Map { what: format!("open {}", path.display()), source })?;
+    typed_map(data, &path)
+}
+
+/// A pinned map opened from `path`, as the type this build reads it as; a
+/// map of other key or value sizes is another version's.
+fn typed_map<M>(data: MapData, path: &Path) -> Result<M, DataplaneError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
     let map_error = |source| DataplaneError::Map { what: format!("open {}", path.display()), source };
-    let map = Map::from_map_data(MapData::from_pin(&path).map_err(map_error)?).map_err(map_error)?;
+    let map = Map::from_map_data(data).map_err(map_error)?;
     M::try_from(map).map_err(|source| match source {
         MapError::InvalidKeySize { .. } | MapError::InvalidValueSize { .. } => {
             DataplaneError::OtherVersion { path: path.display().to_string(), source }
