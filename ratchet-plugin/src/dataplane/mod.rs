@@ -210,6 +210,8 @@ impl Program {
 pub struct Dataplane {
     root: PathBuf,
     generation: u32,
+    /// The build marker beside the pins is this build's.
+    this_build: bool,
     /// Each [`Program`], once opened through aya.
     classifiers: [Option<SchedClassifier>; 2],
     peers: HashMap<MapData, u32, Peer>,
@@ -261,11 +263,19 @@ impl Dataplane {
             ensure_host_sees(root)?;
             return Ok(None);
         }
-        let (pinned, _) = layout::markers(root)?;
+        let (pinned, build) = layout::markers(root)?;
         if pinned != LAYOUT {
             return Err(DataplaneError::Layout { root: root.display().to_string(), pinned, ours: LAYOUT });
         }
-        Self::open_as_is(root).map(Some)
+        let mut dataplane = Self::open_as_is(root)?;
+        dataplane.this_build = build.as_deref() == Some(build_id().as_str());
+        Ok(Some(dataplane))
+    }
+
+    /// Whether this build's programs are the pinned ones (another build of
+    /// the same layout swaps its own in: see `ends::upgrade`).
+    pub fn is_this_build(&self) -> bool {
+        self.this_build
     }
 
     /// Opens pins known to be there, whatever their layout (a staging
@@ -279,6 +289,7 @@ impl Dataplane {
         Ok(Self {
             root: root.to_owned(),
             generation,
+            this_build: false,
             classifiers: [None, None],
             peers: typed_map(peers, &peers_pin)?,
             vnis: open_map(root, PIN_VNIS)?,

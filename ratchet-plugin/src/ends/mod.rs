@@ -92,8 +92,10 @@ impl<'a> Ends<'a> {
         settings: &'a Settings,
         host: Netlink,
     ) -> Result<Self, EndsError> {
-        upgrade::bring_current(tx, settings, &host).await?;
-        let mut dataplane = Dataplane::open_or_load(&settings.pin_root, &settings.state_dir)?;
+        let load = || Dataplane::open_or_load(&settings.pin_root, &settings.state_dir).map(Some);
+        let Some(mut dataplane) = upgrade::current(tx, settings, &host, load).await? else {
+            return Err(DataplaneError::NotLoaded { root: settings.pin_root.display().to_string() }.into());
+        };
         let fabric = fabric::join(tx, settings, &host, &mut dataplane).await?;
         Ok(Self { settings, host, dataplane: Some(dataplane), fabric })
     }
@@ -104,8 +106,7 @@ impl<'a> Ends<'a> {
         settings: &'a Settings,
         host: Netlink,
     ) -> Result<Self, EndsError> {
-        upgrade::bring_current(tx, settings, &host).await?;
-        let dataplane = Dataplane::open(&settings.pin_root)?;
+        let dataplane = upgrade::current(tx, settings, &host, || Dataplane::open(&settings.pin_root)).await?;
         let fabric = fabric::fabric(tx, settings, &host).await?;
         Ok(Self { settings, host, dataplane, fabric })
     }

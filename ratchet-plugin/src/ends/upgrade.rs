@@ -28,16 +28,28 @@ use crate::{
     topology::Side,
 };
 
-/// Makes the pins this build's, if they are another's.
-pub(super) async fn bring_current(
+/// The node's dataplane as `open` opens it, taken over first when another
+/// build's programs or an older layout is pinned. The common case costs
+/// nothing more than the open: its markers say this build is current.
+pub(super) async fn current(
     tx: &mut impl Transaction,
     settings: &Settings,
     host: &Netlink,
-) -> Result<(), EndsError> {
-    let root = &settings.pin_root;
-    if matches!(dataplane::pinned(root)?, Pinned::Nothing | Pinned::Current) {
-        return Ok(());
+    open: impl Fn() -> Result<Option<Dataplane>, DataplaneError>,
+) -> Result<Option<Dataplane>, EndsError> {
+    match open() {
+        Ok(Some(dataplane)) if !dataplane.is_this_build() => {}
+        Err(DataplaneError::Layout { pinned, ours, .. }) if pinned < ours => {}
+        opened => return Ok(opened?),
     }
+    bring_current(tx, settings, host).await?;
+    Ok(open()?)
+}
+
+/// Makes the pins this build's, if they are another's.
+async fn bring_current(tx: &mut impl Transaction, settings: &Settings, host: &Netlink) -> Result<(), EndsError> {
+    let root = &settings.pin_root;
+    // Another process may have taken the node over while we waited.
     let _loading = Dataplane::lock_loading(root, &settings.state_dir)?;
     match dataplane::pinned(root)? {
         Pinned::Nothing | Pinned::Current => Ok(()),
@@ -52,7 +64,7 @@ pub(super) async fn bring_current(
 /// Same layout: this build's programs over the same maps.
 async fn swap_programs(tx: &mut impl Transaction, settings: &Settings, host: &Netlink) -> Result<(), EndsError> {
     let staged = Staged::new(&settings.pin_root, true)?;
-    let live = live_ends(tx, settings, host).await?;
+    let live = live_ends(records::all_ends(tx).await?, settings, host).await?;
     swap_all(host, &staged, settings, &live).await?;
     staged.commit()?;
     info!(ends = live.len(), build = %dataplane::build_id(), "swapped in this build's programs");
@@ -70,9 +82,10 @@ async fn rebuild_maps(
     let mut fresh = Dataplane::open_as_is(staged.dir())?;
     let old = Dataplane::open_as_is(&settings.pin_root)?;
     let fabric = fabric::fabric(tx, settings, host).await?;
-    let live = live_ends(tx, settings, host).await?;
+    let all = records::all_ends(tx).await?;
+    let live = live_ends(all.clone(), settings, host).await?;
     let mut by_link = EndsByLink::new();
-    for (link, side, end) in records::all_ends(tx).await? {
+    for (link, side, end) in all {
         if end.node != fabric.node || live.iter().any(|(_, _, live)| live == &end) {
             by_link.entry(link).or_default()[side.index()] = Some(end);
         }
@@ -97,15 +110,15 @@ async fn rebuild_maps(
     Ok(())
 }
 
-/// This node's ends whose host veth is still the one ADD made.
+/// Of `ends`, this node's whose host veth is still the one ADD made.
 async fn live_ends(
-    tx: &mut impl Transaction,
+    ends: Vec<(String, Side, EndRecord)>,
     settings: &Settings,
     host: &Netlink,
 ) -> Result<Vec<(String, Side, EndRecord)>, EndsError> {
     let node = settings.node();
     let mut live = Vec::new();
-    for (link, side, end) in records::all_ends(tx).await? {
+    for (link, side, end) in ends {
         if end.node == node && super::is_live(host, &end).await? {
             live.push((link, side, end));
         }
