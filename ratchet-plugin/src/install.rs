@@ -15,6 +15,12 @@ use serde_json::{Value, json};
 
 use crate::cni::SUPPORTED_VERSIONS;
 
+/// The `cniVersion` of the conflist: the newest every runtime in use
+/// parses. libcni before 1.2 (containerd 1.6 and 1.7, Debian's included)
+/// ignores `cniVersions` and takes `cniVersion` alone; given 1.1.0 it runs
+/// the plugin, then refuses its result ("unsupported CNI result version").
+const COMPATIBLE_VERSION: &str = "1.0.0";
+
 /// What `install` writes, from its flags.
 pub struct Install {
     /// The CNI bin dir this binary is copied into, as `ratchet`.
@@ -30,14 +36,15 @@ pub struct Install {
 }
 
 impl Install {
-    /// The conflist: one plugin, ratchet; every version ratchet speaks, so
-    /// a 1.1 runtime picks the newest it shares.
+    /// The conflist: one plugin, ratchet; every version ratchet speaks in
+    /// `cniVersions`, so a runtime whose libcni reads it (1.2 and later)
+    /// picks the newest it shares, and [`COMPATIBLE_VERSION`] in
+    /// `cniVersion` for those that do not.
     pub fn conflist(&self) -> Value {
-        let newest = SUPPORTED_VERSIONS.last().expect("a version").to_string();
         let versions: Vec<String> = SUPPORTED_VERSIONS.iter().map(ToString::to_string).collect();
         let mut plugin = self.plugin.clone();
         plugin.insert("type".into(), json!("ratchet"));
-        json!({"cniVersion": newest, "cniVersions": versions, "name": self.network, "plugins": [plugin]})
+        json!({"cniVersion": COMPATIBLE_VERSION, "cniVersions": versions, "name": self.network, "plugins": [plugin]})
     }
 
     /// Places the binary, then the conflist: each only when it differs from

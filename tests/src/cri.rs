@@ -30,10 +30,11 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
-    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeCondition, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, image_service_client::ImageServiceClient,
+    runtime_service_client::RuntimeServiceClient,
 };
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -103,17 +104,27 @@ impl Containerd {
     pub fn start(conflist: &Value) -> Self {
         let dir = tempfile::Builder::new().prefix("ratchet-cri-").tempdir().unwrap();
         let bin = dir.path().join("cni-bin");
-        std::fs::create_dir(&bin).unwrap();
-        // containerd 1.6 takes one bin_dir; loopback must be in it too.
-        for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins").map(|e| e.unwrap()) {
-            std::os::unix::fs::symlink(plugin.path(), bin.join(plugin.file_name())).unwrap();
-        }
+        link_reference_plugins(&bin);
         std::os::unix::fs::symlink(ratchet_bin(), bin.join("ratchet")).unwrap();
         let conf_dir = dir.path().join("net.d");
         std::fs::create_dir(&conf_dir).unwrap();
         std::fs::write(conf_dir.join("10-ratchet.conflist"), conflist.to_string()).unwrap();
-        std::fs::write(dir.path().join("config.toml"), config_toml(dir.path())).unwrap();
+        Self::launch(dir, &bin, &conf_dir, Ready::WithNetwork)
+    }
 
+    /// Starts containerd as a node's runtime before its network is
+    /// installed: the CNI bin dir `bin` (the reference plugins linked into
+    /// it) and the conf dir `conf_dir` (empty until a CNI's installer writes
+    /// there), and waits until CRI answers, its network not ready yet.
+    pub fn start_node(bin: &Path, conf_dir: &Path) -> Self {
+        let dir = tempfile::Builder::new().prefix("ratchet-cri-").tempdir().unwrap();
+        link_reference_plugins(bin);
+        std::fs::create_dir_all(conf_dir).unwrap();
+        Self::launch(dir, bin, conf_dir, Ready::RuntimeOnly)
+    }
+
+    fn launch(dir: tempfile::TempDir, bin: &Path, conf_dir: &Path, ready: Ready) -> Self {
+        std::fs::write(dir.path().join("config.toml"), config_toml(dir.path(), bin, conf_dir)).unwrap();
         let shared_dirs_before = SHARED_DIRS.iter().map(|d| Path::new(d).exists()).collect();
         let child = crate::containerd::spawn(dir.path());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -129,7 +140,7 @@ impl Containerd {
             netns: Vec::new(),
             pids: Vec::new(),
         };
-        containerd.wait_ready();
+        containerd.wait_ready(ready);
         containerd
     }
 
@@ -138,8 +149,8 @@ impl Containerd {
     }
 
     /// Connects once the socket is there, then waits for CRI's
-    /// `NetworkReady` (the conflist loaded).
-    fn wait_ready(&mut self) {
+    /// `RuntimeReady`, and `NetworkReady` (the conflist loaded) when asked.
+    fn wait_ready(&mut self, ready: Ready) {
         let started = Instant::now();
         loop {
             assert!(started.elapsed() < READY_WITHIN, "containerd not ready in {READY_WITHIN:?}: {}", self.log_tail());
@@ -153,7 +164,8 @@ impl Containerd {
                 && let Ok(status) = self.runtime.block_on(self.cri().status(StatusRequest { verbose: false }))
             {
                 let conditions = status.into_inner().status.map(|s| s.conditions).unwrap_or_default();
-                if !conditions.is_empty() && conditions.iter().all(|c| c.status) {
+                let needed = |c: &&RuntimeCondition| ready == Ready::WithNetwork || c.r#type == "RuntimeReady";
+                if !conditions.is_empty() && conditions.iter().filter(needed).all(|c| c.status) {
                     return;
                 }
             }
@@ -179,6 +191,18 @@ impl Containerd {
     pub fn import(&self, tarball: &Path, image: &str) {
         let (address, tarball) = (self.socket(), tarball.to_str().unwrap());
         run("ctr", &["--address", address.to_str().unwrap(), "-n", K8S_NAMESPACE, "image", "import", tarball]);
+        self.wait_for_image(image);
+    }
+
+    /// Tags `image` as `tag` too (`ctr images tag`), and waits until CRI's
+    /// image store has the new name.
+    pub fn tag(&self, image: &str, tag: &str) {
+        let address = self.socket();
+        run("ctr", &["--address", address.to_str().unwrap(), "-n", K8S_NAMESPACE, "image", "tag", image, tag]);
+        self.wait_for_image(tag);
+    }
+
+    fn wait_for_image(&self, image: &str) {
         let has_image = || {
             let request = ImageStatusRequest {
                 image: Some(ImageSpec { image: image.into(), ..Default::default() }),
@@ -368,6 +392,21 @@ impl Containerd {
         self.run_config_to_exit(sandbox, config)
     }
 
+    /// The network namespace of the ready sandbox kubelet runs for pod
+    /// `namespace/name` (found by the labels kubelet gives it), if any.
+    pub fn netns_of_pod(&self, namespace: &str, name: &str) -> Option<String> {
+        let labels = [("io.kubernetes.pod.namespace", namespace), ("io.kubernetes.pod.name", name)];
+        let filter = PodSandboxFilter {
+            label_selector: labels.into_iter().map(|(key, value)| (key.into(), value.into())).collect(),
+            ..Default::default()
+        };
+        let request = ListPodSandboxRequest { filter: Some(filter) };
+        let pods = self.call("ListPodSandbox", self.cri().list_pod_sandbox(request)).items;
+        let ready = pods.into_iter().find(|pod| pod.state == PodSandboxState::SandboxReady as i32)?;
+        let request = PodSandboxStatusRequest { pod_sandbox_id: ready.id, verbose: true };
+        netns_path(&self.call("PodSandboxStatus", self.cri().pod_sandbox_status(request)))
+    }
+
     /// StopPodSandbox (CNI DEL with the netns), then RemovePodSandbox (DEL
     /// again, with an empty netns), as kubelet ends a pod.
     pub fn stop_and_remove(&self, sandbox: &Sandbox) {
@@ -377,14 +416,16 @@ impl Containerd {
     }
 
     /// Best effort, for a test that failed half way: stop and remove every
-    /// sandbox containerd still has.
-    fn remove_all_sandboxes(&self) {
+    /// sandbox containerd still has (kubelet's too, noted for the cleanup of
+    /// their cached results).
+    fn remove_all_sandboxes(&mut self) {
         if self.channel.is_none() {
             return;
         }
         let listed = self.runtime.block_on(self.cri().list_pod_sandbox(ListPodSandboxRequest { filter: None }));
         for pod in listed.map(|r| r.into_inner().items).unwrap_or_default() {
             let id = pod.id;
+            self.sandboxes.push(id.clone());
             let _ = self
                 .runtime
                 .block_on(self.cri().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }));
@@ -484,6 +525,22 @@ pub struct Sandbox {
     pub netns: Option<String>,
 }
 
+/// What [`Containerd::wait_ready`] waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    RuntimeOnly,
+    WithNetwork,
+}
+
+/// Symlinks in `bin` to each reference plugin: containerd 1.6 takes one
+/// `bin_dir`, and loopback must be in it too.
+fn link_reference_plugins(bin: &Path) {
+    std::fs::create_dir_all(bin).unwrap();
+    for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins").map(|e| e.unwrap()) {
+        std::os::unix::fs::symlink(plugin.path(), bin.join(plugin.file_name())).unwrap();
+    }
+}
+
 /// A tonic channel over containerd's Unix socket (the URI is a placeholder).
 async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_static("http://[::]:0")
@@ -499,8 +556,8 @@ async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
 /// runc on cgroupfs, and `restrict_oom_score_adj` (root lacks
 /// CAP_SYS_RESOURCE here; without it runc fails "can't get final child's PID
 /// from pipe").
-fn config_toml(dir: &Path) -> String {
-    let d = dir.display();
+fn config_toml(dir: &Path, bin: &Path, conf_dir: &Path) -> String {
+    let (d, bin, conf_dir) = (dir.display(), bin.display(), conf_dir.display());
     let cri = format!(
         r#"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -523,8 +580,8 @@ fn config_toml(dir: &Path) -> String {
   Root = "{d}/runc"
 
 [plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "{d}/cni-bin"
-  conf_dir = "{d}/net.d"
+  bin_dir = "{bin}"
+  conf_dir = "{conf_dir}"
   max_conf_num = 1
 "#
     );

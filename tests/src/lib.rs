@@ -12,6 +12,10 @@
 //! - [`versions`]: every CNI version, `per_version!` and `on_each_store!`;
 //! - [`containerd`]: a private containerd's processes, mounts and cgroups;
 //! - [`cri`]: a private containerd driven over CRI as kubelet drives it;
+//! - [`private_node`]: a test playing a whole node kept off the node's real
+//!   files (its own mount namespace, overlays) and what it leaves removed;
+//! - [`kube`]: a single-node Kubernetes cluster built from source
+//!   (`cargo xtask k8s`) on a private containerd;
 //! - [`util`]: the binary and image under test, unique names, commands, waiting.
 //!
 //! What xtask shares with them (invoking a plugin, the etcd launcher, the
@@ -27,9 +31,11 @@
 pub mod containerd;
 pub mod cri;
 pub mod etcd;
+pub mod kube;
 pub mod node;
 pub mod plugins;
 pub mod pods;
+pub mod private_node;
 pub mod rig;
 pub mod runtime;
 pub mod scrape;

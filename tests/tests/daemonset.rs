@@ -19,15 +19,10 @@
 //! **The node's real paths are never written.** The DaemonSet's hostPaths are
 //! the node's own (/opt/cni/bin, /etc/cni/multus/net.d, /etc/ratchet,
 //! /var/lib/ratchet), so the test thread first moves into a mount namespace
-//! of its own (`unshare(CLONE_NEWNS)`: per thread, since it unshares the
-//! thread's fs struct too, so it works in the multi-threaded test process
-//! and leaves the main thread, and cargo's other test binaries, alone), cuts
-//! it from the host's (`/` rprivate), makes it shared again inside (so
-//! containerd accepts Bidirectional and HostToContainer mounts), and lays
-//! overlays over /etc, /opt and /var/lib whose writes land in the test's temp
-//! dir. containerd, the shims, the containers and every plugin call are
-//! started from this thread and inherit the namespace; the overlays go with
-//! it. The overrides of the manifests are what a test node must not share
+//! of its own with overlays over /etc, /opt and /var/lib
+//! (`ratchet_tests::private_node`); containerd, the shims, the containers
+//! and every plugin call are started from this thread and inherit it.
+//! The overrides of the manifests are what a test node must not share
 //! with a real one: `--pin-root` (a bpffs directory of its own, removed at the
 //! end; /sys/fs/bpf is the host's, mounted Bidirectional as the manifest
 //! says), the node's name and address (127.0.0.1, so the agent serves on
@@ -40,17 +35,12 @@ use std::{
     net::{SocketAddr, TcpListener},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, Mount, MountPropagation, NamespaceMode, PortMapping, Protocol,
-};
-use nix::{
-    mount::{MntFlags, MsFlags, mount, umount2},
-    sched::{CloneFlags, unshare},
 };
 use ratchet_harness::{
     image::{elf_linkage, image_reference},
@@ -59,7 +49,9 @@ use ratchet_harness::{
 use ratchet_tests::{
     Bridge, Etcd, HostLocal, Reply, Scrape, Tls, call_binary,
     cri::{Containerd, Sandbox},
-    eventually, host_has_link, host_link_gone, ratchet_image,
+    eventually, host_has_link, host_link_gone,
+    private_node::{NodeLeftovers, PrivateMounts, VXLAN_DEVICE},
+    ratchet_image,
     scrape::try_request,
     unique, with_prev_result,
 };
@@ -78,9 +70,6 @@ const OVERLAID: [&str; 3] = ["/etc", "/opt", "/var/lib"];
 /// (`cargo xtask test` checks the same).
 const NODE_DEFAULTS: [&str; 2] = ["/var/lib/ratchet", "/sys/fs/bpf/ratchet"];
 
-/// The VXLAN device a node with `node_ip` makes in the host netns.
-const VXLAN_DEVICE: &str = "rtvx0";
-
 /// Multus's `CNI_IFNAME` for a pod's first secondary network.
 const SECONDARY_IFNAME: &str = "net1";
 
@@ -92,69 +81,6 @@ fn read_yaml(name: &str) -> Yaml {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The test thread's own mount namespace, cut from the host's, with
-/// [`OVERLAID`] as overlays whose upper layers are under `dir`. Dropping it
-/// unmounts the overlays: the thread sees the node's real files again.
-struct PrivateMounts {
-    overlays: Vec<&'static str>,
-}
-
-impl PrivateMounts {
-    fn enter(dir: &Path) -> Self {
-        // CLONE_NEWNS unshares this thread's fs struct with it: only this
-        // thread (and what it starts from now on) moves.
-        unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS) (needs root)");
-        let none = None::<&str>;
-        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).expect("make / rprivate");
-        // Shared again, among this namespace's mounts only: containerd
-        // refuses Bidirectional (HostToContainer) propagation from a mount
-        // that is not shared (shared or a slave).
-        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SHARED, none).expect("make / rshared");
-        let mut mounts = Self { overlays: Vec::new() };
-        for lower in OVERLAID {
-            let layers = dir.join(lower.trim_start_matches('/').replace('/', "-"));
-            let (upper, work) = (layers.join("upper"), layers.join("work"));
-            std::fs::create_dir_all(&upper).unwrap();
-            std::fs::create_dir_all(&work).unwrap();
-            let options = format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display());
-            mount(Some("overlay"), lower, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-                .unwrap_or_else(|e| panic!("overlay on {lower} ({options}): {e}"));
-            mounts.overlays.push(lower);
-        }
-        mounts
-    }
-}
-
-impl Drop for PrivateMounts {
-    fn drop(&mut self) {
-        for lower in self.overlays.iter().rev() {
-            let _ = umount2(*lower, MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// What the node keeps of the test that no fixture removes: the pin root
-/// (on the host's bpffs) and `rtvx0` (in the host netns, when the test made
-/// it), and the hostPath directories made outside the overlays.
-struct NodeLeftovers {
-    pin_root: PathBuf,
-    vxlan_was_there: bool,
-    made_dirs: Vec<PathBuf>,
-}
-
-impl Drop for NodeLeftovers {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_root);
-        if !self.vxlan_was_there && host_has_link(VXLAN_DEVICE) {
-            let _ = Command::new("ip").args(["link", "del", VXLAN_DEVICE]).stderr(Stdio::null()).status();
-        }
-        for dir in self.made_dirs.iter().rev() {
-            // Fails, as it should, if anything else put a file there meanwhile.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }
 
 /// kubelet's `$(VAR)` expansion of a command, an arg or an env value:
@@ -429,7 +355,7 @@ fn the_daemonset_runs_as_kubelet_runs_it() {
     let work = tempfile::Builder::new().prefix("ratchet-ds-").tempdir().unwrap();
 
     {
-        let mounts = PrivateMounts::enter(&work.path().join("overlays"));
+        let mounts = PrivateMounts::enter(&work.path().join("overlays"), &OVERLAID);
         the_daemonset_on_a_private_node(work.path(), &archive, &spec, install, agent, &configmap);
         drop(mounts);
     }
@@ -480,11 +406,7 @@ fn the_daemonset_on_a_private_node(
         secret_dir: work.join("secret"),
         pin_root: PathBuf::from(format!("/sys/fs/bpf/{}", unique("rtds"))),
     };
-    let mut leftovers = NodeLeftovers {
-        pin_root: cluster.pin_root.clone(),
-        vxlan_was_there: host_has_link(VXLAN_DEVICE),
-        made_dirs: Vec::new(),
-    };
+    let mut leftovers = NodeLeftovers::new(cluster.pin_root.clone());
 
     // The pods' primary network, as the cluster's own CNI: bridge + host-local.
     let (bridge, ipam) = (Bridge::new(), HostLocal::new("10.157.0.0/24"));

@@ -39,6 +39,8 @@ fn install_is_idempotent_and_the_installed_plugin_works_from_its_conflist() {
     // Run the installed binary the way a runtime reads the conflist.
     let conflist: Value = serde_json::from_slice(&std::fs::read(conf.join("10-ratchet.conflist")).unwrap()).unwrap();
     assert_eq!(conflist["cniVersions"].as_array().unwrap().len(), 5);
+    // What a runtime without `cniVersions` support (libcni < 1.2) reads.
+    assert_eq!(conflist["cniVersion"], "1.0.0");
     let mut plugin = conflist["plugins"][0].clone();
     assert_eq!(plugin["type"], "ratchet");
     plugin["name"] = conflist["name"].clone();
@@ -48,7 +50,7 @@ fn install_is_idempotent_and_the_installed_plugin_works_from_its_conflist() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let reply = call_binary(&bin.join("ratchet"), &env, plugin.to_string().as_bytes());
         assert!(reply.success, "ADD through the installed conflist: {}", reply.stdout);
-        assert_eq!(reply.json["cniVersion"], "1.1.0");
+        assert_eq!(reply.json["cniVersion"], "1.0.0");
     }
     assert!(alpha.ping("10.89.0.2"));
     for pod in [&alpha, &beta] {

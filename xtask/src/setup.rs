@@ -74,6 +74,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_web_toolchain()?;
     bpffs()?;
+    crate::k8s::report();
     println!("setup done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole test suite, from whatever state the machine
-//! is in: setup, build (the plugin, the eBPF object, the image), clippy, then
-//! `cargo test` on the default members
+//! is in: setup, build (the plugin, the eBPF object, the image, Kubernetes),
+//! clippy, then `cargo test` on the default members
 //! (never `--workspace`: the eBPF crate does not build for the host).
 
 use std::{
@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{build_ebpf, image, setup, util};
+use crate::{build_ebpf, image, k8s, setup, util};
 
 /// What followed `test` on our command line, `--` included.
 pub fn raw_args() -> Vec<OsString> {
@@ -53,6 +53,9 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     // Once built, only cargo's up-to-date check while the plugin is unchanged.
     let image = image::build()?;
 
+    // tests/tests/kubernetes.rs runs a cluster of these.
+    let k8s_bin = k8s::build()?;
+
     println!("==> clippy (warnings are errors)");
     util::run(util::cargo().args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
 
@@ -60,7 +63,8 @@ pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     let untouched: Vec<&Path> = NODE_DEFAULTS.iter().map(Path::new).filter(|path| !path.exists()).collect();
     let mut tests = util::cargo();
     tests.arg("test").args(args).env("RATCHET_BIN", &bin).env("RATCHET_NEXT_BIN", &next_bin);
-    let tally = run_tests(tests.env("RATCHET_IMAGE", &image))?;
+    tests.env("RATCHET_IMAGE", &image).env("RATCHET_K8S_BIN", &k8s_bin);
+    let tally = run_tests(&mut tests)?;
     let touched = touched_defaults(&untouched);
     println!("all done in {:.1} s", started.elapsed().as_secs_f64());
     // cargo's own last line is a doctest run that usually has no tests; this

@@ -127,6 +127,24 @@ pub fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs the command quietly with `input` on its stdin and returns its
+/// stdout, failing on non-zero.
+pub fn stdout_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    child.stdin.take().expect("piped stdin").write_all(input)?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("`{}` failed: {}\n{}", show(cmd), output.status, String::from_utf8_lossy(&output.stderr).trim_end());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// True when we run as root.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
