@@ -102,6 +102,12 @@ enum Command {
         /// How often to reconcile, in milliseconds.
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
+        /// Make the topology from meshnet-cni's Topology objects
+        /// (networkop.co.uk/v1beta1) in the Kubernetes API (in-cluster, or
+        /// KUBECONFIG) and report each link's state in their status. The
+        /// objects are then the whole topology.
+        #[arg(long)]
+        watch_topologies: bool,
     },
     /// Remove this node's eBPF pins (programs and maps). Refused while link
     /// ends are attached, unless --force.
@@ -225,8 +231,8 @@ pub fn run() -> anyhow::Result<()> {
             );
             crate::install::uninstall(&bin_dir, &conf_dir, &paths.conflist)
         }
-        Command::Agent { config, interval_ms } => {
-            crate::agent::run(&config, std::time::Duration::from_millis(interval_ms))
+        Command::Agent { config, interval_ms, watch_topologies } => {
+            crate::agent::run(&config, std::time::Duration::from_millis(interval_ms), watch_topologies)
         }
         Command::Unload { force, node_name } => runtime.block_on(unload(&settings, node_name, force)),
         Command::Reset { node_name } => runtime.block_on(reset(&settings, node_name)),

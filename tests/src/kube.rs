@@ -35,6 +35,8 @@ pub struct Kubernetes {
     bin: PathBuf,
     /// The node's name (kubelet's `--hostname-override`).
     pub node_name: String,
+    /// The apiserver's port on 127.0.0.1.
+    pub apiserver_port: u16,
     kubeconfig: PathBuf,
     /// The components in the order they started.
     processes: Vec<(&'static str, Child)>,
@@ -47,10 +49,12 @@ impl Kubernetes {
     pub fn start(dir: &Path, containerd_socket: &Path) -> Self {
         let bin = kubernetes_bin();
         std::fs::create_dir_all(dir.join("pki")).unwrap();
+        let [etcd_client, etcd_peer, apiserver, kubelet] = free_ports();
         let mut cluster = Self {
             dir: dir.to_owned(),
             bin,
             node_name: unique("k8snode"),
+            apiserver_port: apiserver,
             kubeconfig: dir.join("kubeconfig"),
             processes: Vec::new(),
         };
@@ -59,7 +63,6 @@ impl Kubernetes {
         crate::util::run("openssl", &["genrsa", "-out", sa_key.to_str().unwrap(), "2048"]);
         let token = unique("token");
         std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,system:masters\n")).unwrap();
-        let [etcd_client, etcd_peer, apiserver, kubelet] = free_ports();
         cluster.write_kubeconfig(&tls.ca, apiserver, &token);
 
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");

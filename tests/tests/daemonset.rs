@@ -27,8 +27,11 @@
 //! end; /sys/fs/bpf is the host's, mounted Bidirectional as the manifest
 //! says), the node's name and address (127.0.0.1, so the agent serves on
 //! 127.0.0.1:9478 and the node makes `rtvx0`, deleted at the end when it
-//! made it), etcd (the harness's, TLS with client certificates, as the
-//! Secret) and the topology (the test's two pods).
+//! made it) and etcd (the harness's, TLS with client certificates, as the
+//! Secret). The topology (the test's two pods) is applied with the installed
+//! binary's `ratchet topology apply`; the agent's watch of Topology objects
+//! finds no API server here and keeps retrying, which must not keep it from
+//! serving or being ready.
 
 use std::{
     collections::BTreeMap,
@@ -384,7 +387,7 @@ fn the_daemonset_on_a_private_node(
         std::fs::copy(from, work.join("secret").join(to)).unwrap();
     }
 
-    // The cluster: the ConfigMap's data, with this test's etcd and topology.
+    // The cluster: the ConfigMap's data, with this test's etcd; its topology.
     let namespace = unique("lab");
     let link = unique("dslk");
     let (a_ip, b_ip) = ("10.165.0.1", "10.165.0.2");
@@ -392,9 +395,10 @@ fn the_daemonset_on_a_private_node(
         "a": {"pod": format!("{namespace}/alpha"), "ifname": "in1", "ips": [format!("{a_ip}/24")]},
         "b": {"pod": format!("{namespace}/beta"), "ifname": "in1", "ips": [format!("{b_ip}/24")]}}]});
     let mut data: BTreeMap<String, String> = serde_yaml::from_value(configmap["data"].clone()).unwrap();
-    for (key, value) in [("etcd-endpoints", etcd.endpoint()), ("topology.json", topology.to_string())] {
-        assert!(data.insert(key.into(), value).is_some(), "deploy/configmap.yaml has {key}");
-    }
+    assert!(
+        data.insert("etcd-endpoints".into(), etcd.endpoint()).is_some(),
+        "deploy/configmap.yaml has etcd-endpoints"
+    );
     for (key, value) in &data {
         std::fs::write(work.join("configmap").join(key), value).unwrap();
     }
@@ -447,8 +451,7 @@ fn the_daemonset_on_a_private_node(
     let expected = json!({"type": "ratchet", "state_dir": "/var/lib/ratchet", "pin_root": cluster.pin_root,
         "etcd_endpoints": [etcd.endpoint()], "etcd_ca_file": "/etc/ratchet/etcd-tls/ca.crt",
         "etcd_cert_file": "/etc/ratchet/etcd-tls/client.crt", "etcd_key_file": "/etc/ratchet/etcd-tls/client.key",
-        "node_name": cluster.node_name, "node_ip": NODE_IP, "metrics_address": metrics.to_string(),
-        "topology": topology});
+        "node_name": cluster.node_name, "node_ip": NODE_IP, "metrics_address": metrics.to_string()});
     assert_eq!(plugin, &expected, "the installed plugin entry");
     for (file, from, mode) in [("ca.crt", &tls.ca, 0o644), ("client.crt", &tls.client_cert, 0o644)]
         .into_iter()
@@ -479,6 +482,21 @@ fn the_daemonset_on_a_private_node(
     // Its first round loaded and pinned the programs from inside its
     // container: on the host's bpffs, through the Bidirectional mount.
     assert!(cluster.pin_root.exists(), "the agent pinned under {} on the host's bpffs", cluster.pin_root.display());
+
+    // The topology, applied as on a cluster without Topology objects.
+    let topology_file = work.join("topology.json");
+    std::fs::write(&topology_file, topology.to_string()).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", etcd.endpoint());
+    let apply = [
+        "topology",
+        "apply",
+        topology_file.to_str().unwrap(),
+        &endpoints,
+        "--etcd-ca-file=/etc/ratchet/etcd-tls/ca.crt",
+        "--etcd-cert-file=/etc/ratchet/etcd-tls/client.crt",
+        "--etcd-key-file=/etc/ratchet/etcd-tls/client.key",
+    ];
+    ratchet_tests::run(binary.to_str().unwrap(), &apply);
 
     // Two pods with their link as a secondary network, as Multus adds it.
     let alpha = containerd.run_pod(&namespace, "alpha");

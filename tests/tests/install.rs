@@ -192,6 +192,7 @@ fn install_sets_the_metrics_address_and_the_agent_serves_there() {
 fn the_deploy_manifests_parse() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut kinds = Vec::new();
+    let mut topologies = Vec::new();
     for entry in std::fs::read_dir(&deploy).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -212,14 +213,15 @@ fn the_deploy_manifests_parse() {
                     if kind == "ConfigMap" {
                         let etcd = value["data"]["etcd-endpoints"].as_str().unwrap();
                         assert!(!etcd.contains(".svc"), "the host's resolver knows no cluster names: {etcd}");
-                        ratchet_plugin::topology::Topology::from_json(value["data"]["topology.json"].as_str().unwrap())
-                            .expect("the ConfigMap's topology is valid");
                         for (key, data) in value["data"].as_mapping().unwrap() {
                             if key.as_str().unwrap().ends_with(".json") {
                                 let json: Value = serde_json::from_str(data.as_str().unwrap()).unwrap();
                                 assert!(json.is_object(), "{key:?}");
                             }
                         }
+                    }
+                    if kind == "Topology" {
+                        topologies.push(serde_yaml::from_value(value).expect("a meshnet Topology"));
                     }
                 }
             }
@@ -231,7 +233,21 @@ fn the_deploy_manifests_parse() {
         }
     }
     kinds.sort();
-    assert_eq!(kinds, ["ConfigMap", "DaemonSet", "NetworkAttachmentDefinition", "Pod"]);
+    let expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "DaemonSet",
+        "NetworkAttachmentDefinition",
+        "Pod",
+        "ServiceAccount",
+        "Topology",
+        "Topology",
+    ];
+    assert_eq!(kinds, expected);
+    let example = ratchet_plugin::topology::meshnet::to_topology(&topologies, "default").expect("the example's links");
+    assert_eq!(example.links.len(), 1, "both halves of one link");
 }
 
 /// The DaemonSet runs as a cluster runs a node agent, installs ratchet as
@@ -255,6 +271,8 @@ fn assert_daemonset_fits_a_cluster(daemonset: &serde_yaml::Value) {
     let config =
         agent["command"].as_sequence().unwrap().iter().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(" ");
     assert!(config.contains("--config=/host/etc/cni/multus/net.d/ratchet-links.conflist"), "{config}");
+    assert!(config.contains("--watch-topologies"), "{config}");
+    assert_eq!(spec["serviceAccountName"].as_str(), Some("ratchet"), "the account deploy/rbac.yaml binds");
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(agent[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
         assert_eq!(agent[probe]["httpGet"]["port"].as_u64(), Some(9478), "{probe}");

@@ -11,11 +11,13 @@
 //! Beside the rounds, on a thread of its own (`http`), it serves
 //! Prometheus metrics (`metrics`) and liveness and readiness from what
 //! each round records ([`status`]): a scrape reads the last round's view
-//! and the pinned counters, never the store.
+//! and the pinned counters, never the store. With `--watch-topologies`, a
+//! third thread (`topologies`) makes the topology from the Kubernetes API.
 
 mod http;
 mod metrics;
 pub mod status;
+mod topologies;
 
 use std::{collections::BTreeSet, os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
@@ -44,9 +46,10 @@ pub struct Round {
     pub forgotten: usize,
 }
 
-/// Serves metrics and health on `metrics_address` and runs rounds every
-/// `interval` until SIGINT or SIGTERM.
-pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
+/// Serves metrics and health on `metrics_address`, watches Topology objects
+/// when `watch_topologies`, and runs rounds every `interval` until SIGINT or
+/// SIGTERM.
+pub fn run(config: &Path, interval: Duration, watch_topologies: bool) -> anyhow::Result<()> {
     let text = crate::files::read_text(config).with_context(|| format!("reading {}", config.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
@@ -62,6 +65,9 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut agent = Agent::start(&settings, status.clone()).await?;
         http::spawn(listener, status, settings.pin_root.clone())?;
+        if watch_topologies {
+            topologies::spawn(settings.clone())?;
+        }
         info!(node = %settings.node(), metrics = %serving, "agent running");
         agent.run_until_stopped(interval).await?;
         info!("agent stopped");

@@ -5,6 +5,8 @@
 //! addresses and optionally its MAC. Everything is validated when the file is
 //! read, so the plugin never meets a malformed link at ADD time.
 
+pub mod meshnet;
+
 use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
@@ -90,6 +92,15 @@ pub enum TopologyError {
     /// The text is not JSON of a topology's shape; carries serde's message.
     #[error("topology is not valid JSON: {0}")]
     Parse(String),
+    /// meshnet Topology objects that do not make a link: halves that
+    /// disagree, or an end ratchet cannot read.
+    #[error("meshnet link uid {uid}: {reason}")]
+    Meshnet {
+        /// The link's `uid`, as both halves give it.
+        uid: i64,
+        /// What is wrong, naming the pods and fields.
+        reason: String,
+    },
 }
 
 /// Interfaces a pod's netns has from birth (`lo`) or as soon as a tunnel
