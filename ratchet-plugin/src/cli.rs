@@ -182,13 +182,42 @@ struct InstallPaths {
 
 #[derive(Subcommand)]
 enum TopologyCommand {
-    /// Validate a topology file (JSON) and make it the topology. Attached
-    /// ends of links it drops stay until their pods are deleted.
-    Apply { file: PathBuf },
+    /// Validate a topology file and make it the topology. FILE is ratchet's
+    /// own format (JSON or YAML), meshnet-cni's Topology objects or a
+    /// containerlab topology, told apart by its content. The node's agent
+    /// brings running pods in line.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        namespace: TopologyNamespace,
+    },
+    /// Print the ratchet topology (JSON) that FILE, in any format `apply`
+    /// reads, becomes; nothing is applied.
+    Convert {
+        file: PathBuf,
+        #[command(flatten)]
+        namespace: TopologyNamespace,
+    },
     /// Print the topology as JSON.
     Show,
     /// Remove every link from the topology.
     Delete,
+}
+
+#[derive(clap::Args)]
+struct TopologyNamespace {
+    /// The namespace of pods the file names without one (containerlab's
+    /// nodes, meshnet objects without metadata.namespace).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+/// Reads a topology file in any format [`crate::topology::input`] knows.
+fn read_topology(file: &std::path::Path, namespace: &TopologyNamespace) -> anyhow::Result<Topology> {
+    let text = crate::files::read_text(file).with_context(|| format!("reading {}", file.display()))?;
+    let (_, topology) =
+        crate::topology::input::parse(&text, &namespace.namespace).with_context(|| format!("in {}", file.display()))?;
+    Ok(topology)
 }
 
 /// Parses the command line and runs the command: the binary's entry point
@@ -294,14 +323,14 @@ fn install(
     plugin.extend(node_ip.map(|ip| ("node_ip".into(), serde_json::json!(ip))));
     plugin.extend(metrics_address.map(|address| ("metrics_address".into(), serde_json::json!(address))));
     let PluginFiles { delegate, boot_network, topology } = files;
-    for (key, file) in [("delegate", delegate), ("boot_network", boot_network), ("topology", topology)] {
+    for (key, file) in [("delegate", delegate), ("boot_network", boot_network)] {
         if let Some(file) = file {
-            let value = read_json(&file)?;
-            if key == "topology" {
-                Topology::from_json(&value.to_string()).with_context(|| format!("in {}", file.display()))?;
-            }
-            plugin.insert(key.into(), value);
+            plugin.insert(key.into(), read_json(&file)?);
         }
+    }
+    if let Some(file) = topology {
+        let namespace = TopologyNamespace { namespace: "default".into() };
+        plugin.insert("topology".into(), serde_json::to_value(read_topology(&file, &namespace)?)?);
     }
     let InstallPaths { bin_dir, conf_dir, conflist, host_root, .. } = paths;
     let (bin_dir, conf_dir) =
@@ -329,12 +358,16 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
+    if let TopologyCommand::Convert { file, namespace } = &command {
+        println!("{}", serde_json::to_string_pretty(&read_topology(file, namespace)?)?);
+        return Ok(());
+    }
     let mut store = crate::ends::open_store(settings).await?;
     let mut tx = store.begin().await?;
     match command {
-        TopologyCommand::Apply { file } => {
-            let text = crate::files::read_text(&file).with_context(|| format!("reading {}", file.display()))?;
-            let topology = Topology::from_json(&text).with_context(|| format!("in {}", file.display()))?;
+        TopologyCommand::Convert { .. } => unreachable!("handled above, without a store"),
+        TopologyCommand::Apply { file, namespace } => {
+            let topology = read_topology(&file, &namespace)?;
             records::put_topology(&mut tx, &topology).await?;
             tx.commit().await?;
             println!("applied {} link(s)", topology.links.len());

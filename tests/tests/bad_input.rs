@@ -128,7 +128,7 @@ fn the_cli_rejects_a_bad_topology_file() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not valid JSON"),
+        String::from_utf8_lossy(&out.stderr).contains(r#"ips[0] "10.0.0.1/33""#),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -5,6 +5,7 @@
 //! addresses and optionally its MAC. Everything is validated when the file is
 //! read, so the plugin never meets a malformed link at ADD time.
 
+pub mod input;
 pub mod meshnet;
 
 use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
@@ -83,14 +84,26 @@ pub enum TopologyError {
     /// A link whose two ends are the same interface of the same pod; carries the link's id.
     #[error("link {0}: both ends are the same pod interface")]
     SelfLink(String),
-    /// One pod interface is an end of two links; carries `namespace/name ifname`.
+    /// One pod interface is an end of two links; carries `namespace/name
+    /// ifname` and the two links' ids.
     #[error("{0} appears in more than one link end")]
     DuplicateEnd(String),
+    /// The two ends' addresses of one family are on different subnets: each
+    /// end would need a route to reach the other.
+    #[error("link {link}: a.ips {a} and b.ips {b} are in different subnets; give both ends addresses of one subnet")]
+    DifferentSubnets {
+        /// The link's id ([`Link::id`]).
+        link: String,
+        /// Side a's address.
+        a: IpNet,
+        /// Side b's address of the same family.
+        b: IpNet,
+    },
     /// Two links share an id (the same name, or unnamed with the same ends).
     #[error("two links have the id {0:?}")]
     DuplicateLink(String),
-    /// The text is not JSON of a topology's shape; carries serde's message.
-    #[error("topology is not valid JSON: {0}")]
+    /// The text is no topology in any format read; carries why.
+    #[error("not a topology: {0}")]
     Parse(String),
     /// meshnet Topology objects that do not make a link: halves that
     /// disagree, or an end ratchet cannot read.
@@ -422,8 +435,38 @@ impl Link {
                 return Err(TopologyError::DuplicateAddress { link: id, ip: *ip, side: side.as_str() });
             }
         }
+        if let Some((a, b)) = different_subnets(&self.a.ips, &self.b.ips) {
+            return Err(TopologyError::DifferentSubnets { link: id, a: *a, b: *b });
+        }
         Ok(())
     }
+}
+
+/// A pair of addresses, one per end and of one family, that share no
+/// subnet while neither end has another address that does. Host routes (/32,
+/// /128: the ends reach each other by a peer route, not a subnet) and
+/// link-local addresses (always on the link) are left out.
+fn different_subnets<'a>(a: &'a [IpNet], b: &'a [IpNet]) -> Option<(&'a IpNet, &'a IpNet)> {
+    let on_subnet = |ip: &&IpNet| {
+        let link_local = match ip.addr() {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        ip.prefix_len() < ip.max_prefix_len() && !link_local
+    };
+    // One subnet: the same network and the same prefix (a /24 and a /25 of
+    // it are a mask mistake, even where each reaches the other).
+    let shared = |x: &IpNet, y: &IpNet| x.trunc() == y.trunc();
+    for x in a.iter().filter(on_subnet) {
+        let same_family: Vec<&IpNet> =
+            b.iter().filter(on_subnet).filter(|y| y.addr().is_ipv4() == x.addr().is_ipv4()).collect();
+        let reachable = same_family.iter().any(|y| shared(x, y))
+            || a.iter().any(|other| same_family.iter().any(|y| shared(other, y)));
+        if let (false, Some(y)) = (reachable, same_family.first()) {
+            return Some((x, y));
+        }
+    }
+    None
 }
 
 /// What makes an address useless on a link end: the kernel refuses some
@@ -502,7 +545,8 @@ pub fn optional_topology<'de, D: serde::Deserializer<'de>>(deserializer: D) -> R
 impl Topology {
     /// Parses and validates a topology file's text.
     pub fn from_json(text: &str) -> Result<Self, TopologyError> {
-        let MapOnly::<Self>(topology) = serde_json::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        let MapOnly::<Self>(topology) =
+            serde_json::from_str(text).map_err(|e| TopologyError::Parse(format!("not valid JSON: {e}")))?;
         topology.validate()?;
         Ok(topology)
     }
@@ -510,15 +554,16 @@ impl Topology {
     /// Checks each link, and that no link id or pod interface is used twice.
     pub fn validate(&self) -> Result<(), TopologyError> {
         let mut ids = HashSet::new();
-        let mut ends = HashSet::new();
+        let mut ends = std::collections::HashMap::new();
         for link in &self.links {
             link.validate()?;
             if !ids.insert(link.id()) {
                 return Err(TopologyError::DuplicateLink(link.id()));
             }
             for end in [&link.a, &link.b] {
-                if !ends.insert((&end.pod, &end.ifname)) {
-                    return Err(TopologyError::DuplicateEnd(format!("{} {}", end.pod, end.ifname)));
+                if let Some(first) = ends.insert((&end.pod, &end.ifname), link.id()) {
+                    let links = format!("links {first} and {}", link.id());
+                    return Err(TopologyError::DuplicateEnd(format!("{} {} ({links})", end.pod, end.ifname)));
                 }
             }
         }
@@ -563,6 +608,21 @@ mod tests {
     const PAIR: &str = r#"{"links": [{"name": "l1", "mtu": 9000,
         "a": {"pod": "default/alpha", "ifname": "in1", "ips": ["10.9.0.1/24", "fd00:9::1/64"]},
         "b": {"pod": "default/beta", "ifname": "in2", "ips": ["10.9.0.2/24"], "mac": "02:00:00:00:00:02"}}]}"#;
+
+    #[test]
+    fn subnets_are_compared_per_family_leaving_host_routes_and_link_local_alone() {
+        for (a, b) in [
+            (r#"["10.9.0.1/32"]"#, r#"["10.9.7.2/32"]"#),
+            (r#"["fe80::1/64", "10.9.0.1/24"]"#, r#"["10.9.0.2/24"]"#),
+            (r#"["10.9.0.1/24", "fd00::1/64"]"#, r#"["fd00::2/64"]"#),
+            (r#"["10.9.0.1/24", "10.8.0.1/24"]"#, r#"["10.8.0.2/24"]"#),
+        ] {
+            let text = format!(
+                r#"{{"links": [{{"a": {{"pod": "default/x", "ifname": "e1", "ips": {a}}}, "b": {{"pod": "default/y", "ifname": "e1", "ips": {b}}}}}]}}"#
+            );
+            assert!(Topology::from_json(&text).is_ok(), "{a} {b}: {:?}", Topology::from_json(&text));
+        }
+    }
 
     #[test]
     fn parses_a_pair() {
@@ -610,6 +670,8 @@ mod tests {
             (PAIR.replace("fd00:9::1/64", "::1/128"), "loopback"),
             (PAIR.replace("10.9.0.1/24", "10.9.0.255/24"), "broadcast"),
             (PAIR.replace("\"in1\"", "\"lo\""), "every netns"),
+            (PAIR.replace("10.9.0.2/24", "10.9.1.2/24"), "a.ips 10.9.0.1/24 and b.ips 10.9.1.2/24 are in different subnets"),
+            (PAIR.replace("10.9.0.2/24", "10.9.0.2/25"), "different subnets"),
             (format!("[{PAIR}]"), "expected an object"),
             (r#"{"links": [[null, {"pod": "default/a", "ifname": "x"}, {"pod": "default/b", "ifname": "y"}]]}"#.into(), "expected an object"),
             (PAIR.replace("\"a\": {\"pod\": \"default/alpha\", \"ifname\": \"in1\", \"ips\": [\"10.9.0.1/24\", \"fd00:9::1/64\"]}", "\"a\": [\"default/alpha\", \"in1\"]"), "expected an object"),
