@@ -58,6 +58,11 @@ enum Command {
     /// Manage the topology: which pod interfaces are linked.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Cut a link or join it again, like pulling its cable and plugging it
+    /// back: both pod ends lose their carrier (NO-CARRIER) and what the pods
+    /// send on them is dropped (the pod interfaces' TX drops).
+    #[command(subcommand)]
+    Link(LinkCommand),
     /// Show every link, its ends and their counters.
     Links {
         /// Print JSON instead of a table.
@@ -204,6 +209,16 @@ enum TopologyCommand {
     Delete,
 }
 
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Cut LINK (an id as `ratchet links` shows it): its host veths go down
+    /// on every node (here at once, elsewhere by each node's agent), and an
+    /// end attached later starts down. It stays cut until `link up`.
+    Down { link: String },
+    /// Join LINK again: its host veths come back up, the pods' carrier with them.
+    Up { link: String },
+}
+
 #[derive(clap::Args)]
 struct TopologyNamespace {
     /// The namespace of pods the file names without one (containerlab's
@@ -247,6 +262,7 @@ pub fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
+        Command::Link(command) => runtime.block_on(link_cable(&settings, command)),
         Command::Links { json } => runtime.block_on(links(&settings, json)),
         Command::Trace => crate::trace::run(&settings.pin_root),
         Command::Install { paths, network, node, delegate, boot_network, topology } => {
@@ -357,6 +373,35 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }
 
+/// `ratchet link down|up`: the store's record, and this node's ends at
+/// once, in one transaction (a failure leaves the link as it was).
+async fn link_cable(settings: &Settings, command: LinkCommand) -> anyhow::Result<()> {
+    let (link, cut) = match command {
+        LinkCommand::Down { link } => (link, true),
+        LinkCommand::Up { link } => (link, false),
+    };
+    let mut store = crate::ends::open_store(settings).await?;
+    let mut tx = store.begin().await?;
+    if cut && records::link(&mut tx, &link).await?.is_none() {
+        anyhow::bail!("no link {link} in the topology (`ratchet links` shows the ids)");
+    }
+    records::set_cut(&mut tx, &link, cut).await?;
+    let host = crate::netlink::Netlink::host()?;
+    let mut here = Vec::new();
+    for end in records::ends(&mut tx, &link).await?.into_iter().flatten() {
+        if crate::ends::cut::apply(&host, &end, cut).await? {
+            here.push(end.host_ifname);
+        }
+    }
+    tx.commit().await?;
+    let state = if cut { "down" } else { "up" };
+    match here.is_empty() {
+        true => println!("link {link} {state}; no end of it on this node (its node's agent sets it)"),
+        false => println!("link {link} {state}; host end(s) set {state} here: {}", here.join(", ")),
+    }
+    Ok(())
+}
+
 async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
     if let TopologyCommand::Convert { file, namespace } = &command {
         println!("{}", serde_json::to_string_pretty(&read_topology(file, namespace)?)?);
@@ -422,14 +467,16 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let in_topology: std::collections::HashSet<String> =
         records::topology(&mut tx).await?.links.iter().map(|link| link.id()).collect();
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
+    let cut = records::cut_links(&mut tx).await?;
     drop(tx);
     let mut views = Vec::with_capacity(by_link.len());
     for (link, ends) in by_link {
         // Ends of a link the topology dropped stay until their pods go;
         // the link is not up for that.
-        let state = match in_topology.contains(&link) {
-            true => pairing::state(&ends).to_string(),
-            false => "removed".to_owned(),
+        let state = match (in_topology.contains(&link), cut.contains(&link)) {
+            (false, _) => "removed".to_owned(),
+            (true, true) => "cut".to_owned(),
+            (true, false) => pairing::state(&ends).to_string(),
         };
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {

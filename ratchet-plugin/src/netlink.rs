@@ -234,6 +234,12 @@ impl Netlink {
         self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set {name} up")).await
     }
 
+    /// Sets an interface administratively down; `name` is for the error only.
+    /// A veth's peer then has no carrier.
+    pub async fn set_down(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        self.change(LinkUnspec::new_with_index(index).down().build(), || format!("set {name} down")).await
+    }
+
     /// Creates an interface and looks it up: the kernel's answer to a
     /// create carries no ifindex.
     async fn add_link(

@@ -62,7 +62,7 @@ pub fn render(node: &str, snapshot: &Snapshot, health: &Health, counters: impl F
 fn register_links(registry: &mut Registry, snapshot: &Snapshot) {
     let links = Family::<StateLabels, Gauge>::default();
     let counts = snapshot.links;
-    for (state, count) in [("up", counts.up), ("waiting", counts.waiting), ("down", counts.down)] {
+    for (state, count) in [("up", counts.up), ("waiting", counts.waiting), ("down", counts.down), ("cut", counts.cut)] {
         links.get_or_create(&StateLabels { state }).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("ratchet_links", "Links by state, cluster-wide, as this node's agent last read the store", links);
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn writes_every_series_with_the_node_label_and_escapes_label_values() {
-        let snapshot = Snapshot { links: LinkCounts { up: 1, waiting: 0, down: 2 }, ends: vec![hostile_end()] };
+        let snapshot = Snapshot { links: LinkCounts { up: 1, waiting: 0, down: 2, cut: 3 }, ends: vec![hostile_end()] };
         let stats = EndStats { packets: 3, bytes: 294, drops: 1 };
         let text = render("node\"1", &snapshot, &health(), |ifindex| (ifindex == 7).then_some(stats));
         let end = r#"{node="node\"1",link="l1",side="b",pod="default/beta",ifname="in\"1\\x"}"#;
@@ -153,6 +153,7 @@ mod tests {
             "# TYPE ratchet_links gauge".to_owned(),
             r#"ratchet_links{node="node\"1",state="up"} 1"#.into(),
             r#"ratchet_links{node="node\"1",state="down"} 2"#.into(),
+            r#"ratchet_links{node="node\"1",state="cut"} 3"#.into(),
             "# TYPE ratchet_end_packets_total counter".into(),
             format!("ratchet_end_packets_total{end} 3"),
             format!("ratchet_end_bytes_total{end} 294"),

@@ -125,6 +125,8 @@ pub struct Agent<'a> {
     renewed: Option<std::time::Instant>,
     /// Where each round's outcome goes, for the metrics and health endpoint.
     status: Arc<Status>,
+    /// Which of this node's host veths were last set down for a cut link.
+    cut: ends::cut::Applied,
 }
 
 impl<'a> Agent<'a> {
@@ -138,6 +140,7 @@ impl<'a> Agent<'a> {
             topology: None,
             renewed: None,
             status,
+            cut: ends::cut::Applied::default(),
         })
     }
 
@@ -220,8 +223,10 @@ impl<'a> Agent<'a> {
         if let Some(dataplane) = ends.dataplane() {
             write_difference(dataplane, &wanted, &mut round)?;
         }
+        let cut = records::cut_links(&mut tx).await?;
+        self.cut.sync(&self.host, &ends.fabric().node, &by_link, &cut).await?;
         let links = topology_links(&mut tx, rev, &mut self.topology).await?;
-        let snapshot = Snapshot::of(links, &by_link, &ends.fabric().node);
+        let snapshot = Snapshot::of(links, &by_link, &cut, &ends.fabric().node);
         failpoint!("agent::before-commit");
         tx.commit().await?;
         self.synced_rev = Some(rev);

@@ -38,6 +38,8 @@ pub struct LinkCounts {
     pub waiting: u64,
     /// In the topology, no end attached.
     pub down: u64,
+    /// Cut with `ratchet link down`, whatever its ends.
+    pub cut: u64,
 }
 
 /// One of this node's link ends, with what its metric labels carry.
@@ -68,12 +70,14 @@ impl Snapshot {
     /// From the topology's link ids and every attached end: links of the
     /// topology without ends are down; ends of links the topology dropped
     /// still count until their pods are deleted.
-    pub fn of(topology: &BTreeSet<String>, by_link: &EndsByLink, node: &str) -> Self {
+    pub fn of(topology: &BTreeSet<String>, by_link: &EndsByLink, cut: &BTreeSet<String>, node: &str) -> Self {
         let mut snapshot = Self::default();
-        let unattached = topology.iter().filter(|link| !by_link.contains_key(*link)).count();
-        snapshot.links.down = unattached as u64;
+        let unattached = topology.iter().filter(|link| !by_link.contains_key(*link) && !cut.contains(*link));
+        snapshot.links.down = unattached.count() as u64;
+        snapshot.links.cut = topology.intersection(cut).count() as u64;
         for (link, ends) in by_link {
             match pairing::state(ends) {
+                _ if cut.contains(link) && topology.contains(link) => {}
                 LinkState::Up => snapshot.links.up += 1,
                 LinkState::Waiting => snapshot.links.waiting += 1,
                 LinkState::Down => snapshot.links.down += 1,
@@ -237,13 +241,15 @@ mod tests {
 
     #[test]
     fn a_snapshot_counts_links_cluster_wide_and_keeps_this_nodes_ends() {
-        let topology: BTreeSet<String> = ["up", "waiting", "down"].map(String::from).into();
+        let topology: BTreeSet<String> = ["up", "waiting", "down", "cut", "cut-unattached"].map(String::from).into();
         let mut by_link = EndsByLink::new();
         by_link.insert("up".into(), [Some(end("n1", 7)), Some(end("n2", 8))]);
         by_link.insert("waiting".into(), [None, Some(end("n2", 9))]);
         by_link.insert("dropped".into(), [Some(end("n1", 10)), None]);
-        let snapshot = Snapshot::of(&topology, &by_link, "n1");
-        assert_eq!(snapshot.links, LinkCounts { up: 1, waiting: 2, down: 1 });
+        by_link.insert("cut".into(), [Some(end("n2", 11)), Some(end("n2", 12))]);
+        let cut: BTreeSet<String> = ["cut", "cut-unattached"].map(String::from).into();
+        let snapshot = Snapshot::of(&topology, &by_link, &cut, "n1");
+        assert_eq!(snapshot.links, LinkCounts { up: 1, waiting: 2, down: 1, cut: 2 });
         let ends: Vec<(&str, Side, u32)> =
             snapshot.ends.iter().map(|end| (end.link.as_str(), end.side, end.host_ifindex)).collect();
         assert_eq!(ends, [("dropped", Side::A, 10), ("up", Side::A, 7)]);

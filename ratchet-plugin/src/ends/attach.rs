@@ -294,6 +294,9 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
             dataplane.apply(&entry)?;
             self.made.entries.push(entry);
         }
+        if records::is_cut(tx, &end.link_id).await? {
+            super::cut::apply(&self.ends.host, &record, true).await?;
+        }
         Ok(records::put_end(tx, &end.link_id, end.side, &record).await?)
     }
 

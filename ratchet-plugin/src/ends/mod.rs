@@ -15,6 +15,7 @@
 //! gives it in this transaction.
 
 mod attach;
+pub mod cut;
 mod fabric;
 mod inspect;
 mod live;

@@ -24,6 +24,9 @@ pub const ALIVE: &str = "/ratchet/alive/";
 const SANDBOXES: &str = "/ratchet/sandboxes/";
 /// Counts topology applies, so the agent knows when to re-sync running pods.
 const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
+/// Links cut with `ratchet link down`, by id, present while cut. Apart from
+/// the topology, so applying it again leaves a cut link cut.
+const CUT: &str = "/ratchet/cut/";
 
 /// One attached link end: what DEL, CHECK and the CLI need to find it again
 /// even when the pod's netns is already gone.
@@ -230,6 +233,25 @@ pub async fn ensure_topology(tx: &mut impl Transaction, topology: &Topology) -> 
 pub async fn topology(tx: &mut impl Transaction) -> Result<Topology, StoreError> {
     let links = tx.scan(LINKS).await?.iter().map(|(key, bytes)| decode(key, bytes)).collect::<Result<_, _>>()?;
     Ok(Topology { links })
+}
+
+/// Marks the link `id` cut (`ratchet link down`) or not.
+pub async fn set_cut(tx: &mut impl Transaction, id: &str, cut: bool) -> Result<(), StoreError> {
+    let key = format!("{CUT}{id}");
+    match cut {
+        true => put_json(tx, &key, &true).await,
+        false => tx.delete(&key).await,
+    }
+}
+
+/// Whether the link `id` is cut.
+pub async fn is_cut(tx: &mut impl Transaction, id: &str) -> Result<bool, StoreError> {
+    Ok(tx.get(&format!("{CUT}{id}")).await?.is_some())
+}
+
+/// The ids of every cut link.
+pub async fn cut_links(tx: &mut impl Transaction) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    Ok(tx.scan(CUT).await?.into_iter().map(|(key, _)| key[CUT.len()..].to_owned()).collect())
 }
 
 /// The stored link with id `id`; `None` when the topology has none.
