@@ -63,10 +63,14 @@ enum Command {
     /// send on them is dropped (the pod interfaces' TX drops).
     #[command(subcommand)]
     Link(LinkCommand),
-    /// Show every link, its ends and their counters.
+    /// Show every link, its ends and their counters; `-o wide` (and JSON
+    /// and YAML) add why a link is not up.
     Links {
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// How to print: a table, the table with each link's reason, JSON or YAML.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The same as `-o json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
     },
     /// Print every frame the datapath moves (through aya-log) until Ctrl-C.
@@ -209,6 +213,15 @@ enum TopologyCommand {
     Delete,
 }
 
+/// `ratchet links -o`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
 #[derive(Subcommand)]
 enum LinkCommand {
     /// Cut LINK (an id as `ratchet links` shows it): its host veths go down
@@ -263,7 +276,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
         Command::Link(command) => runtime.block_on(link_cable(&settings, command)),
-        Command::Links { json } => runtime.block_on(links(&settings, json)),
+        Command::Links { output, json } => runtime.block_on(links(&settings, if json { Output::Json } else { output })),
         Command::Trace => crate::trace::run(&settings.pin_root),
         Command::Install { paths, network, node, delegate, boot_network, topology } => {
             let files = PluginFiles { delegate, boot_network, topology };
@@ -435,6 +448,9 @@ async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Resu
 struct LinkView {
     link: String,
     state: String,
+    /// Why the link is not up (or what is wrong with it), for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
     ends: Vec<EndView>,
 }
 
@@ -457,15 +473,15 @@ struct EndView {
     drops: Option<u64>,
 }
 
-async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
+async fn links(settings: &Settings, output: Output) -> anyhow::Result<()> {
     crate::dataplane::ensure_readable_bpffs(&settings.pin_root)?;
     let mut store = crate::ends::open_store(settings).await?;
     let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
     let counters = Counters::open(&settings.pin_root)?;
     let by_link = records::links_with_ends(&mut tx).await?;
-    let in_topology: std::collections::HashSet<String> =
-        records::topology(&mut tx).await?.links.iter().map(|link| link.id()).collect();
+    let in_topology: std::collections::HashMap<String, crate::topology::Link> =
+        records::topology(&mut tx).await?.links.into_iter().map(|link| (link.id(), link)).collect();
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     let cut = records::cut_links(&mut tx).await?;
     drop(tx);
@@ -473,11 +489,12 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
     for (link, ends) in by_link {
         // Ends of a link the topology dropped stay until their pods go;
         // the link is not up for that.
-        let state = match (in_topology.contains(&link), cut.contains(&link)) {
+        let state = match (in_topology.contains_key(&link), cut.contains(&link)) {
             (false, _) => "removed".to_owned(),
             (true, true) => "cut".to_owned(),
             (true, false) => pairing::state(&ends).to_string(),
         };
+        let reason = reason(&state, in_topology.get(&link), &ends, alive.as_deref());
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
@@ -501,16 +518,50 @@ async fn links(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 drops: stats.map(|s| s.drops),
             });
         }
-        views.push(LinkView { link, state, ends: end_views });
+        views.push(LinkView { link, state, reason, ends: end_views });
     }
     let mut out = io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &views)?;
-        writeln!(out)?;
-    } else {
-        print_table(&mut out, &views)?;
+    match output {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, &views)?;
+            writeln!(out)?;
+        }
+        Output::Yaml => write!(out, "{}", serde_norway::to_string(&views)?)?,
+        Output::Table | Output::Wide => print_table(&mut out, &views, output == Output::Wide)?,
     }
     Ok(())
+}
+
+/// Why a link in `state` is not up, or what threatens it: the pod whose ADD
+/// it waits for, a cut, a node without a live agent (`alive`: with etcd).
+fn reason(
+    state: &str,
+    link: Option<&crate::topology::Link>,
+    ends: &[Option<records::EndRecord>; 2],
+    alive: Option<&[String]>,
+) -> String {
+    let unattached: Vec<String> = [Side::A, Side::B]
+        .into_iter()
+        .filter(|side| ends[side.index()].is_none())
+        .filter_map(|side| link.map(|link| format!("{} {}", link.end(side).pod, link.end(side).ifname)))
+        .collect();
+    let dead_nodes: Vec<&str> = ends
+        .iter()
+        .flatten()
+        .map(|end| end.node.as_str())
+        .filter(|node| alive.is_some_and(|alive| !alive.iter().any(|a| a == node)))
+        .collect();
+    let mut why = match state {
+        "removed" => "not in the topology any more; its ends go with their pods".to_owned(),
+        "cut" => "cut with `ratchet link down`".to_owned(),
+        "waiting" | "down" => format!("no ADD has attached {}", unattached.join(" nor ")),
+        _ => String::new(),
+    };
+    if !dead_nodes.is_empty() {
+        let dead = format!("node {} has no live agent", dead_nodes.join(", "));
+        why = if why.is_empty() { dead } else { format!("{why}; {dead}") };
+    }
+    why
 }
 
 /// A counter as the table shows it: `-` for an end on another node.
@@ -518,14 +569,18 @@ fn counter(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |value| value.to_string())
 }
 
-fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
-    let header = ["LINK", "STATE", "SIDE", "POD", "IFNAME", "HOST IF", "NODE", "TX PACKETS", "TX BYTES", "DROPS"];
-    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
+/// The table, one row per end (one for a link without ends); `wide` adds
+/// each link's reason.
+fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Result<()> {
+    let header =
+        ["LINK", "STATE", "SIDE", "POD", "IFNAME", "HOST IF", "NODE", "TX PACKETS", "TX BYTES", "DROPS", "REASON"];
+    let mut rows: Vec<[String; 11]> = vec![header.map(String::from)];
     for view in views {
         if view.ends.is_empty() {
-            let mut row: [String; 10] = Default::default();
+            let mut row: [String; 11] = Default::default();
             row[0] = view.link.clone();
             row[1] = view.state.clone();
+            row[10] = view.reason.clone();
             rows.push(row);
         }
         for end in &view.ends {
@@ -543,10 +598,12 @@ fn print_table(out: &mut impl Write, views: &[LinkView]) -> io::Result<()> {
                 counter(end.packets),
                 counter(end.bytes),
                 counter(end.drops),
+                view.reason.clone(),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..10).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
+    let columns = if wide { 11 } else { 10 };
+    let widths: Vec<usize> = (0..columns).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         writeln!(out, "{}", cells.join("  ").trim_end())?;

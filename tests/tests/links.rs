@@ -195,3 +195,41 @@ fn the_topology_can_be_shown_and_deleted() {
     );
     assert_eq!(reply.code(), Some(101), "no topology, no links: {}", reply.stdout);
 }
+
+/// `ratchet links -o wide|json|yaml` say why a link is not up: the pods
+/// whose ADD it waits for, or that it was cut.
+#[test]
+fn the_views_say_why_a_link_is_not_up() {
+    let node = Node::new();
+    let (alpha, beta, l1) = applied_pair(&node);
+    let reason = |node: &Node| {
+        let links: Vec<serde_json::Value> = serde_json::from_str(&node.cli(&["links", "-o", "json"])).unwrap();
+        let link = links.into_iter().find(|link| link["link"] == l1.as_str()).unwrap();
+        (link["state"].as_str().unwrap().to_owned(), link["reason"].as_str().unwrap_or_default().to_owned())
+    };
+    let (state, why) = reason(&node);
+    assert_eq!(state, "down");
+    assert!(why.contains("default/alpha in1") && why.contains("default/beta in2"), "{why}");
+    node.add(&alpha);
+    let (state, why) = reason(&node);
+    assert_eq!(state, "waiting");
+    assert_eq!(why, "no ADD has attached default/beta in2");
+    let wide = node.cli(&["links", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().ends_with("REASON") && wide.contains(&why), "{wide}");
+    assert!(!node.cli(&["links"]).contains("REASON"), "the plain table keeps its columns");
+    // The same fields either way (counters aside: the pod's own chatter
+    // may count a drop between the two reads).
+    let summary = |views: serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+        let views = views.as_array().unwrap().iter();
+        views.map(|view| (view["link"].clone(), view["state"].clone(), view["reason"].clone())).collect()
+    };
+    let yaml: serde_json::Value = serde_yaml::from_str(&node.cli(&["links", "-o", "yaml"])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&node.cli(&["links", "--json"])).unwrap();
+    assert_eq!(summary(yaml), summary(json), "YAML and JSON say the same");
+    node.add(&beta);
+    assert_eq!(reason(&node), ("up".into(), String::new()));
+    node.cli(&["link", "down", &l1]);
+    assert_eq!(reason(&node), ("cut".into(), "cut with `ratchet link down`".into()));
+    node.del(&alpha);
+    node.del(&beta);
+}
