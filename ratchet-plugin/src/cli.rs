@@ -193,12 +193,17 @@ struct InstallPaths {
 enum TopologyCommand {
     /// Validate a topology file and make it the topology. FILE is ratchet's
     /// own format (JSON or YAML), meshnet-cni's Topology objects or a
-    /// containerlab topology, told apart by its content. The node's agent
-    /// brings running pods in line.
+    /// containerlab topology, told apart by its content. On a node with the
+    /// embedded store the running pods are brought in line at once; with
+    /// etcd, each node's agent does it.
     Apply {
         file: PathBuf,
         #[command(flatten)]
         namespace: TopologyNamespace,
+        /// This node's name as the plugin's config gives it (`node_name`),
+        /// to find its running pods; the host name by default.
+        #[arg(long, env = "RATCHET_NODE_NAME")]
+        node_name: Option<String>,
     },
     /// Print the ratchet topology (JSON) that FILE, in any format `apply`
     /// reads, becomes; nothing is applied.
@@ -421,14 +426,35 @@ async fn topology(settings: &Settings, command: TopologyCommand) -> anyhow::Resu
         return Ok(());
     }
     let mut store = crate::ends::open_store(settings).await?;
+    let store_is_etcd = store.is_etcd();
     let mut tx = store.begin().await?;
     match command {
         TopologyCommand::Convert { .. } => unreachable!("handled above, without a store"),
-        TopologyCommand::Apply { file, namespace } => {
+        TopologyCommand::Apply { file, namespace, node_name } => {
             let topology = read_topology(&file, &namespace)?;
             records::put_topology(&mut tx, &topology).await?;
+            let this_node =
+                Settings { node_name: node_name.or_else(|| settings.node_name.clone()), ..settings.clone() };
+            // Pins this build cannot open as they are (another layout) are a
+            // node too: attaching takes them over, or says why it cannot.
+            let pinned = crate::dataplane::Dataplane::open(&settings.pin_root).map_or(true, |found| found.is_some());
+            let live = !store_is_etcd && pinned;
+            let mut ends = match live {
+                true => {
+                    Some(crate::ends::Ends::for_attach(&mut tx, &this_node, crate::netlink::Netlink::host()?).await?)
+                }
+                false => None,
+            };
+            let unlinked = match &mut ends {
+                Some(ends) => ends.sync_running_pods(&mut tx).await?,
+                None => Vec::new(),
+            };
             tx.commit().await?;
-            println!("applied {} link(s)", topology.links.len());
+            for end in &unlinked {
+                ends.as_ref().expect("synced").teardown(end).await?;
+            }
+            let synced = if live { "; running pods brought in line" } else { "" };
+            println!("applied {} link(s){synced}", topology.links.len());
         }
         TopologyCommand::Show => {
             let topology = records::topology(&mut tx).await?;

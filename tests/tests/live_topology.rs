@@ -1,6 +1,7 @@
 //! The topology changes while the pods run: the agent adds a link's ends to
 //! running pods, removes the ends of a link that left, and applies a changed
-//! MTU or MAC to the live interfaces.
+//! MTU or MAC to the live interfaces. On a node with the embedded store,
+//! `ratchet topology apply` does it at once, with no agent running.
 
 use ratchet_tests::{Agent, Node, Pod, end, eventually, unique};
 use serde_json::{Value, json};
@@ -49,4 +50,32 @@ fn links_come_and_go_in_running_pods() {
     for pod in [&alpha, &beta, &gamma] {
         node.del(pod);
     }
+}
+
+#[test]
+fn on_a_single_node_apply_changes_running_pods_without_an_agent() {
+    let node = Node::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let (l1, l2) = (unique("lk"), unique("lk"));
+    let first = link(&l1, end(&alpha, "in1", &["10.87.1.1/24"]), end(&beta, "in1", &["10.87.1.2/24"]));
+    node.apply(&json!({"links": [first.clone()]}));
+    node.add(&alpha);
+    node.add(&beta);
+    let apply = |topology: Value| {
+        let file = node.state_dir.path().join(unique("topology-"));
+        std::fs::write(&file, topology.to_string()).unwrap();
+        node.cli(&["topology", "apply", file.to_str().unwrap(), "--node-name", "node-1"])
+    };
+
+    let second = link(&l2, end(&alpha, "in2", &["10.87.2.1/24"]), end(&beta, "in2", &["10.87.2.2/24"]));
+    let said = apply(json!({"links": [first, second.clone()]}));
+    assert!(said.contains("running pods brought in line"), "{said}");
+    assert!(alpha.link("in2").is_some() && beta.link("in2").is_some(), "the new link's ends are there at once");
+    assert!(alpha.ping("10.87.2.2"), "and carry traffic");
+
+    apply(json!({"links": [second]}));
+    assert!(alpha.link("in1").is_none() && beta.link("in1").is_none(), "the dropped link's ends are gone at once");
+    assert_eq!(node.link_state(&l2), "up");
+    node.del(&alpha);
+    node.del(&beta);
 }
