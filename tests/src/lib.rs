@@ -50,5 +50,5 @@ pub use pods::{Pod, container_of, end, pattern, tcp_transfer};
 pub use rig::Rig;
 pub use runtime::{Reply, call_binary, call_command, kubelet_env, sandbox_env};
 pub use scrape::{Answer, Sample, Scrape};
-pub use util::{eventually, ratchet_bin, ratchet_image, run, unique};
+pub use util::{eventually, ratchet_bin, ratchet_image, run, unique, within};
 pub use versions::{VERSIONS, has_check, is_legacy};

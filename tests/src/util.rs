@@ -55,8 +55,13 @@ pub fn run(program: &str, args: &[&str]) -> String {
 }
 
 /// Waits up to five seconds for `done`.
-pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+pub fn eventually(done: impl FnMut() -> bool) -> bool {
+    within(Duration::from_secs(5), done)
+}
+
+/// Waits up to `limit` for `done`, checking every 20 ms.
+pub fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if done() {
             return true;

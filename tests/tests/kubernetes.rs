@@ -53,7 +53,7 @@ use ratchet_tests::{
     eventually, host_link_gone,
     kube::Kubernetes,
     private_node::{NodeLeftovers, PrivateMounts},
-    ratchet_image, unique,
+    ratchet_image, unique, within,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -145,15 +145,8 @@ fn volume_index(daemonset: &Path, name: &str) -> usize {
 }
 
 /// Polls `done` until it holds, for up to [`CONVERGE_WITHIN`].
-fn converges(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + CONVERGE_WITHIN;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+fn converges(done: impl FnMut() -> bool) -> bool {
+    within(CONVERGE_WITHIN, done)
 }
 
 /// deploy/topology-example.yaml, as kubectl applies it.

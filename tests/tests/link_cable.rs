@@ -5,12 +5,7 @@
 //! the store's, so it holds for an end attached later, and for a node the
 //! CLI does not run on: that node's agent applies it.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
-
-use ratchet_tests::{Node, Pod, Rig, end, unique};
+use ratchet_tests::{Node, Pod, Rig, end, eventually, unique};
 use serde_json::{Value, json};
 
 /// The pod interface as `ip -j link` shows it.
@@ -21,18 +16,6 @@ fn interface(pod: &Pod, ifname: &str) -> Value {
 fn has_carrier(pod: &Pod, ifname: &str) -> bool {
     let flags = interface(pod, ifname)["flags"].as_array().cloned().unwrap_or_default();
     !flags.contains(&json!("NO-CARRIER"))
-}
-
-/// Waits up to `seconds` for `done`.
-fn within(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 fn pings(pod: &Pod, ip: &str) -> bool {
@@ -82,7 +65,7 @@ fn a_cut_link_loses_carrier_drops_and_counts_and_comes_back() {
     for pod in [&alpha, &beta] {
         assert!(has_carrier(pod, "in1"), "{}'s in1 has its carrier back", pod.name);
     }
-    assert!(within(5, || pings(&alpha, "10.88.0.2")), "the link carries traffic again");
+    assert!(eventually(|| pings(&alpha, "10.88.0.2")), "the link carries traffic again");
     assert_eq!(state(&node.links(), &link), "up");
     node.del(&alpha);
     node.del(&beta);
@@ -111,19 +94,19 @@ fn the_far_nodes_agent_cuts_its_end() {
     rig.start_agent(1);
     assert!(rig.cni(0, "ADD", &alpha).success);
     assert!(rig.cni(1, "ADD", &beta).success);
-    assert!(within(5, || pings(&alpha, "10.89.0.2")), "the link carries traffic across nodes");
+    assert!(eventually(|| pings(&alpha, "10.89.0.2")), "the link carries traffic across nodes");
 
     // Cut from node 0: its end at once, node 1's end by node 1's agent.
     let out = rig.cli(0, &["link", "down", &link]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!has_carrier(&alpha, "in1"), "node 0's end is cut at once");
-    assert!(within(5, || !has_carrier(&beta, "in1")), "node 1's agent cuts its end");
+    assert!(eventually(|| !has_carrier(&beta, "in1")), "node 1's agent cuts its end");
     assert_eq!(state(&rig.links(), &link), "cut");
 
     let out = rig.cli(0, &["link", "up", &link]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(within(5, || has_carrier(&beta, "in1")), "node 1's agent joins its end again");
-    assert!(within(5, || pings(&alpha, "10.89.0.2")), "traffic crosses again");
+    assert!(eventually(|| has_carrier(&beta, "in1")), "node 1's agent joins its end again");
+    assert!(eventually(|| pings(&alpha, "10.89.0.2")), "traffic crosses again");
     assert!(rig.cni(0, "DEL", &alpha).success);
     assert!(rig.cni(1, "DEL", &beta).success);
 }
