@@ -56,6 +56,11 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 /// they are empty again.
 const SHARED_DIRS: [&str; 4] = ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"];
 
+/// Where containerd puts the containers of a sandbox that names no cgroup
+/// parent: kubelet without QoS cgroups (`tests/src/kube.rs`) sends none.
+/// Removed when empty afterwards, if it was not there before.
+const NO_PARENT_CGROUP: &str = "/k8s.io";
+
 /// The sandbox image's program: sleeps until SIGTERM (StopPodSandbox), as
 /// Kubernetes' pause does; static, since its image has nothing else.
 const PAUSE_C: &str = r#"
@@ -86,6 +91,8 @@ pub struct Containerd {
     pub cgroup_parent: String,
     /// Which of [`SHARED_DIRS`] were there before.
     shared_dirs_before: Vec<bool>,
+    /// Whether [`NO_PARENT_CGROUP`] was there before.
+    no_parent_cgroup_before: bool,
     runtime: tokio::runtime::Runtime,
     channel: Option<Channel>,
     /// The ids and netns paths of the sandboxes it ran, for cleaning up after
@@ -134,6 +141,7 @@ impl Containerd {
             child,
             cgroup_parent: format!("/{}", unique("ratchet-cri-")),
             shared_dirs_before,
+            no_parent_cgroup_before: !cgroup_dirs(NO_PARENT_CGROUP).is_empty(),
             runtime,
             channel: None,
             sandboxes: Vec::new(),
@@ -500,8 +508,12 @@ impl Drop for Containerd {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        for cgroup in cgroup_dirs(&self.cgroup_parent) {
-            let _ = std::fs::remove_dir(cgroup);
+        let no_parent = (!self.no_parent_cgroup_before).then_some(NO_PARENT_CGROUP);
+        for parent in std::iter::once(self.cgroup_parent.as_str()).chain(no_parent) {
+            for cgroup in cgroup_dirs(parent) {
+                // Fails, as it should, while anything else has a cgroup in it.
+                let _ = std::fs::remove_dir(cgroup);
+            }
         }
         for (dir, existed) in SHARED_DIRS.iter().zip(&self.shared_dirs_before) {
             if !existed {

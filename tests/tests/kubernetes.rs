@@ -286,6 +286,7 @@ fn deploy_on_a_private_node(work: &Path, archive: &Path) {
             {"type": "bridge", "bridge": bridge.name, "isGateway": true, "ipam": ipam.ipam()}]}),
     };
     let leftovers = NodeLeftovers::new(overrides.pin_root.clone());
+    let k8s_cgroup_was_there = !ratchet_tests::cgroup_dirs("/k8s.io").is_empty();
 
     let containerd = Containerd::start_node(&overrides.cni_bin, &overrides.cni_conf);
     std::fs::create_dir(work.join("images")).unwrap();
@@ -441,6 +442,7 @@ fn deploy_on_a_private_node(work: &Path, archive: &Path) {
     drop(containerd);
     drop(leftovers);
     assert!(!overrides.pin_root.exists(), "the test's pin root is removed");
+    assert!(ratchet_tests::cgroup_dirs("/k8s.io").is_empty() || k8s_cgroup_was_there, "no pod cgroup is left");
     drop(etcd);
 }
 
