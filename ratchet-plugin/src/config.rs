@@ -192,7 +192,7 @@ const MAX_VERB_TIMEOUT_SECONDS: u32 = 600;
 const MAX_ETCD_ENDPOINTS: usize = 16;
 
 /// VXLAN over IPv4 adds 50 bytes (outer Ethernet, IPv4, UDP and VXLAN headers).
-const VXLAN_OVERHEAD: u32 = 50;
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()

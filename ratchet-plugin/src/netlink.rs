@@ -289,6 +289,26 @@ impl Netlink {
         Ok(messages.iter().filter_map(address).collect())
     }
 
+    /// The name and MTU of the interface that holds `ip`; `None` when none does.
+    pub async fn holder_of(&self, ip: std::net::IpAddr) -> Result<Option<(String, u32)>, NetlinkError> {
+        let request = self.handle.address().get().set_address_filter(ip).execute();
+        let messages: Vec<_> = request
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("find the interface with {ip}"), source })?;
+        let Some(index) = messages.first().map(|msg| msg.header.index) else { return Ok(None) };
+        let found = self.handle.link().get().match_index(index).execute().try_next().await;
+        let link =
+            found.map_err(|source| NetlinkError::Request { what: format!("look up ifindex {index}"), source })?;
+        Ok(link.map(|msg| {
+            let name = msg.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            (name.unwrap_or_else(|| format!("ifindex {index}")), link_info(msg).mtu)
+        }))
+    }
+
     /// Deletes an interface by index; one already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {

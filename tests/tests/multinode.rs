@@ -295,3 +295,30 @@ fn an_add_failing_after_the_vxlan_device_is_made_removes_it() {
     let filters = node.exec(&["tc", "filter", "show", "dev", "rtvx0", "ingress"]);
     assert!(String::from_utf8_lossy(&filters.stdout).contains("ratchet_from_vx"), "the next ADD made it whole");
 }
+
+/// On a node of several, a link MTU the underlay cannot carry in VXLAN is
+/// refused at ADD, naming the link, the field and the limit, before
+/// anything is made.
+#[test]
+fn a_link_mtu_above_the_underlay_is_refused() {
+    let rig = Rig::new();
+    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+    let link = unique("jumbo");
+    rig.apply(&json!({"links": [{"name": link, "mtu": 1451,
+        "a": end(&alpha, "in1", &["10.78.0.1/24"]), "b": end(&beta, "in1", &["10.78.0.2/24"])}]}));
+    let refused = rig.cni(0, "ADD", &alpha);
+    assert!(!refused.success, "ADD with mtu 1451 over a 1500-byte underlay: {}", refused.stdout);
+    assert_eq!(refused.json["code"], 7, "{}", refused.stdout);
+    let details = refused.json["details"].as_str().unwrap_or_default();
+    for word in [link.as_str(), "mtu 1451", "1450"] {
+        assert!(details.contains(word), "the error names {word}: {details}");
+    }
+    assert!(alpha.link("in1").is_none(), "nothing was made in the pod");
+    assert!(rig.links().iter().all(|l| l["ends"].as_array().is_none_or(|ends| ends.is_empty())), "no end recorded");
+
+    rig.apply(&json!({"links": [{"name": link, "mtu": 1450,
+        "a": end(&alpha, "in1", &["10.78.0.1/24"]), "b": end(&beta, "in1", &["10.78.0.2/24"])}]}));
+    let added = rig.cni(0, "ADD", &alpha);
+    assert!(added.success, "mtu 1450 fits: {}", added.stdout);
+    assert!(rig.cni(0, "DEL", &alpha).success);
+}

@@ -160,6 +160,9 @@ impl From<EndsError> for CniError {
             EndsError::Tc(e) => e.into(),
             EndsError::IfNameTaken { ifname, netns } => CniError::IfNameTaken { ifname, netns },
             EndsError::Drift(what) => CniError::CheckDrift(what),
+            too_big @ EndsError::MtuAboveUnderlay { .. } => {
+                CniError::Config { key: "topology".into(), reason: too_big.to_string() }
+            }
             failpoint @ EndsError::Failpoint(_) => CniError::Io(failpoint.to_string()),
         }
     }

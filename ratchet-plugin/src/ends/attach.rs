@@ -73,7 +73,9 @@ pub async fn attach_pod(
     sandbox: &Sandbox<'_>,
     links: &[Link],
 ) -> Result<Vec<AttachedEnd>, EndsError> {
-    let mut ends = Ends::for_attach(&mut tx, settings, Netlink::host()?).await?;
+    let host = Netlink::host()?;
+    fits_the_underlay(&host, settings, links).await?;
+    let mut ends = Ends::for_attach(&mut tx, settings, host).await?;
     let mut attach = Attach::new(&mut ends, sandbox)?;
     let attached = attach.all_ends(&mut tx, links).await;
     let attached = match attached {
@@ -84,6 +86,29 @@ pub async fn attach_pod(
         attach.undo().await;
     }
     attached
+}
+
+/// On a node of several (`node_ip`), refuses a link whose MTU the underlay
+/// cannot carry in VXLAN: its frames would be dropped (or fragmented)
+/// between nodes, whichever node its peer lands on. Before anything is made.
+async fn fits_the_underlay(
+    host: &Netlink,
+    settings: &crate::config::Settings,
+    links: &[Link],
+) -> Result<(), EndsError> {
+    let Some(node_ip) = settings.node_ip else { return Ok(()) };
+    let Some(mtu) = links.iter().filter_map(|link| link.mtu.map(|mtu| (link, mtu))).max_by_key(|(_, mtu)| *mtu) else {
+        return Ok(());
+    };
+    let Some((device, underlay)) = host.holder_of(node_ip.into()).await? else { return Ok(()) };
+    let overhead = crate::config::VXLAN_OVERHEAD;
+    let max = underlay.saturating_sub(overhead);
+    match mtu {
+        (link, mtu) if mtu > max => {
+            Err(EndsError::MtuAboveUnderlay { link: link.id(), mtu, device, underlay, overhead, max })
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn commit(tx: impl Transaction) -> Result<(), EndsError> {

@@ -70,6 +70,25 @@ pub enum EndsError {
     /// An end is not as it was made (CHECK).
     #[error("{0}")]
     Drift(String),
+    /// A link's MTU the underlay cannot carry once wrapped in VXLAN: on a
+    /// node of several, either end may land on another node.
+    #[error(
+        "link {link}: mtu {mtu} is above what the underlay carries across nodes ({device}'s MTU {underlay} minus {overhead} bytes of VXLAN = {max})"
+    )]
+    MtuAboveUnderlay {
+        /// The link's id.
+        link: String,
+        /// The MTU the topology gives it.
+        mtu: u32,
+        /// The interface holding the node's address.
+        device: String,
+        /// That interface's MTU.
+        underlay: u32,
+        /// The VXLAN overhead.
+        overhead: u32,
+        /// The largest link MTU it carries.
+        max: u32,
+    },
     /// A test's failpoint fired.
     #[error("failpoint {0} fired")]
     Failpoint(&'static str),
