@@ -104,6 +104,9 @@ fn a_hundred_pods_churned_leave_nothing_and_the_agent_stays_flat() {
     assert!(!pins.iter().any(|pin| pin == "links"), "no tcx link pins in clsact mode: {pins:?}");
     let markers = pins.iter().filter(|pin| pin.starts_with("layout-") || pin.starts_with("build-")).count();
     assert_eq!((pins.len(), markers), (8, 2), "the two programs, four maps and two markers, nothing else: {pins:?}");
-    assert_eq!(fds_after, fds_before, "the agent's fds stayed flat");
+    // A round in flight holds a netlink socket or a netns for a moment:
+    // flat means back to where it was once the agent is idle.
+    let settled = fds_after == fds_before || ratchet_tests::eventually(|| agent.fds() == fds_before);
+    assert!(settled, "the agent's fds stayed flat: {fds_before} -> {fds_after}, now {}", agent.fds());
     assert!(rss_after <= rss_before + 4096, "the agent's RSS stayed flat: {rss_before} -> {rss_after} KiB");
 }

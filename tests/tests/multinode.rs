@@ -147,8 +147,16 @@ fn scrape(rig: &Rig, index: usize) -> Scrape {
 #[test]
 fn the_agent_serves_links_and_counters_as_prometheus_metrics() {
     let (rig, alpha, _beta, link) = live_cross_node_link();
-    let first = scrape(&rig, 0);
-    assert_eq!(first.value("ratchet_links", &[("node", "node-0"), ("state", "up")]), 1.0, "{first:?}");
+    // A scrape shows the agent's last round, which may predate beta's ADD
+    // (rounds run late on a loaded machine).
+    let up = |scrape: &Scrape| scrape.value("ratchet_links", &[("node", "node-0"), ("state", "up")]) == 1.0;
+    let mut first = scrape(&rig, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up(&first) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        first = scrape(&rig, 0);
+    }
+    assert!(up(&first), "{first:?}");
     let sent = [("node", "node-0"), ("link", link.as_str()), ("side", "a")];
     let before = first.value("ratchet_end_packets_total", &sent);
     assert!(alpha.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"]).status.success());
