@@ -25,6 +25,11 @@ pub const MAP_VNIS: &str = "RATCHET_VNIS";
 /// Host ifindex -> [`EndStats`], per CPU: what each link end forwarded and dropped.
 pub const MAP_STATS: &str = "RATCHET_STATS";
 
+/// Host ifindex -> frames dropped, per CPU, because the link's configured
+/// loss ([`Peer::loss`]) chose them. Apart from [`EndStats`] so a frame that
+/// passes never touches it: only a lost frame pays the lookup.
+pub const MAP_LOST: &str = "RATCHET_LOST";
+
 /// The `.bss` section, which aya loads as a one-entry array map: run-time
 /// switches ([`Switches`]) that user space flips without reloading.
 pub const MAP_SWITCHES: &str = ".bss";
@@ -34,7 +39,10 @@ pub const MAP_SWITCHES: &str = ".bss";
 pub const MAX_ENDS: u32 = 16384;
 
 /// [`Peer::flags`]: the peer is on another node, behind the VXLAN device.
-pub const PEER_REMOTE: u32 = 1;
+pub const PEER_REMOTE: u16 = 1;
+
+/// [`Peer::loss`] that drops every frame: the loss is `loss / LOSS_SCALE`.
+pub const LOSS_SCALE: u16 = u16::MAX;
 
 /// Where frames entering a host veth are sent.
 #[repr(C)]
@@ -49,7 +57,11 @@ pub struct Peer {
     /// `bpf_skb_set_tunnel_key` takes it).
     pub remote_ipv4: u32,
     /// [`PEER_REMOTE`] or 0.
-    pub flags: u32,
+    pub flags: u16,
+    /// The share of frames to drop, out of [`LOSS_SCALE`]; 0 for none, the
+    /// case that costs a frame one compare. (In layout 1 these two bytes
+    /// were the zero upper half of a `u32` `flags`, read the same.)
+    pub loss: u16,
 }
 
 /// This node's end of a cross-node link: where the VNI's frames go.

@@ -16,18 +16,21 @@
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, bpf_tunnel_key},
     btf_maps::{HashMap, PerCpuHashMap},
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
+    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use ratchet_common::{EndStats, MAX_ENDS, PEER_REMOTE, Peer, Switches, VniEnd};
+use ratchet_common::{EndStats, LOSS_SCALE, MAX_ENDS, PEER_REMOTE, Peer, Switches, VniEnd};
 
 #[btf_map]
 static RATCHET_PEERS: HashMap<u32, Peer, { MAX_ENDS as usize }> = HashMap::new();
 
 #[btf_map]
 static RATCHET_STATS: PerCpuHashMap<u32, EndStats, { MAX_ENDS as usize }> = PerCpuHashMap::new();
+
+#[btf_map]
+static RATCHET_LOST: PerCpuHashMap<u32, u64, { MAX_ENDS as usize }> = PerCpuHashMap::new();
 
 #[btf_map]
 static RATCHET_VNIS: HashMap<u32, VniEnd, { MAX_ENDS as usize }> = HashMap::new();
@@ -56,6 +59,10 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
         info!(&ctx, "ifindex {} len {} -> peer {}", ifindex, ctx.len(), peer.map_or(0, |p| p.ifindex));
     }
     match peer {
+        Some(peer) if peer.loss != 0 && is_lost(peer.loss) => {
+            count_lost(ifindex);
+            TC_ACT_SHOT
+        }
         Some(peer) => {
             if let Some(stats) = stats {
                 // SAFETY: per-CPU value: no other CPU writes this copy.
@@ -76,6 +83,28 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
                 unsafe { (*stats).drops += 1 };
             }
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// Whether the link's configured loss (out of [`LOSS_SCALE`]) takes this
+/// frame. Only lossy links get here, so unimpaired ones never draw.
+#[inline(always)]
+fn is_lost(loss: u16) -> bool {
+    // SAFETY: the helper takes no arguments.
+    let draw = unsafe { bpf_get_prandom_u32() } % u32::from(LOSS_SCALE);
+    draw < u32::from(loss)
+}
+
+/// Counts a frame the configured loss dropped, apart from the forwarding
+/// counters: the first loss on an end makes its entry.
+#[inline(always)]
+fn count_lost(ifindex: u32) {
+    match RATCHET_LOST.get_ptr_mut(ifindex) {
+        // SAFETY: per-CPU value: no other CPU writes this copy.
+        Some(lost) => unsafe { *lost += 1 },
+        None => {
+            let _ = RATCHET_LOST.insert(ifindex, 1, 0);
         }
     }
 }

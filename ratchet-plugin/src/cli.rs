@@ -12,9 +12,13 @@ use serde::Serialize;
 use crate::{
     config::{DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR, Settings},
     dataplane::{Counters, Dataplane},
+    ends::impair::{Change, Changes},
     pairing,
     store::{Store, Transaction, records},
-    topology::{Side, Topology},
+    topology::{
+        Side, Topology,
+        impair::{Delay, Loss, Rate},
+    },
 };
 
 /// ratchet: point-to-point pod links moved by TC eBPF.
@@ -235,6 +239,42 @@ enum LinkCommand {
     Down { link: String },
     /// Join LINK again: its host veths come back up, the pods' carrier with them.
     Up { link: String },
+    /// Impair LINK live: the loss, rate, delay and jitter of the frames a
+    /// side sends (both sides without --side). Keys not given stay as they
+    /// are; `none` drops one, --clear drops them all first. It overrides the
+    /// topology's keys for the link, here at once and elsewhere by each
+    /// node's agent; no pod is re-added. Loss is the datapath's; rate is
+    /// shaped on the sending pod interface (TBF), delay and jitter need the
+    /// kernel's netem.
+    Set {
+        link: String,
+        /// Only the frames this side sends: a or b.
+        #[arg(long, value_parser = parse_side)]
+        side: Option<Side>,
+        /// Share of frames dropped, as 5% or 0.25%.
+        #[arg(long)]
+        loss: Option<Change<Loss>>,
+        /// Most the side sends, in tc's units (100mbit, 1gbit; kbps is bytes).
+        #[arg(long)]
+        rate: Option<Change<Rate>>,
+        /// Delay added, as 10ms (netem).
+        #[arg(long)]
+        delay: Option<Change<Delay>>,
+        /// Random variation of the delay, as 2ms (netem).
+        #[arg(long)]
+        jitter: Option<Change<Delay>>,
+        /// Drop every impairment (before the keys given, if any).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+fn parse_side(text: &str) -> Result<Side, String> {
+    match text {
+        "a" => Ok(Side::A),
+        "b" => Ok(Side::B),
+        _ => Err(format!("{text:?} is not a side: a or b")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -280,7 +320,12 @@ pub fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Topology(command) => runtime.block_on(topology(&settings, command)),
-        Command::Link(command) => runtime.block_on(link_cable(&settings, command)),
+        Command::Link(LinkCommand::Set { link, side, loss, rate, delay, jitter, clear }) => {
+            let changes = Changes { clear, loss, rate, delay, jitter };
+            runtime.block_on(link_set(&settings, &link, side, &changes))
+        }
+        Command::Link(LinkCommand::Down { link }) => runtime.block_on(link_cable(&settings, link, true)),
+        Command::Link(LinkCommand::Up { link }) => runtime.block_on(link_cable(&settings, link, false)),
         Command::Links { output, json } => runtime.block_on(links(&settings, if json { Output::Json } else { output })),
         Command::Trace => crate::trace::run(&settings.pin_root),
         Command::Install { paths, network, node, delegate, boot_network, topology } => {
@@ -393,11 +438,7 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
 
 /// `ratchet link down|up`: the store's record, and this node's ends at
 /// once, in one transaction (a failure leaves the link as it was).
-async fn link_cable(settings: &Settings, command: LinkCommand) -> anyhow::Result<()> {
-    let (link, cut) = match command {
-        LinkCommand::Down { link } => (link, true),
-        LinkCommand::Up { link } => (link, false),
-    };
+async fn link_cable(settings: &Settings, link: String, cut: bool) -> anyhow::Result<()> {
     let mut store = crate::ends::open_store(settings).await?;
     let mut tx = store.begin().await?;
     if cut && records::link(&mut tx, &link).await?.is_none() {
@@ -416,6 +457,33 @@ async fn link_cable(settings: &Settings, command: LinkCommand) -> anyhow::Result
     match here.is_empty() {
         true => println!("link {link} {state}; no end of it on this node (its node's agent sets it)"),
         false => println!("link {link} {state}; host end(s) set {state} here: {}", here.join(", ")),
+    }
+    Ok(())
+}
+
+/// `ratchet link set`: the store's records, and this node's ends at once,
+/// in one transaction.
+async fn link_set(settings: &Settings, id: &str, side: Option<Side>, changes: &Changes) -> anyhow::Result<()> {
+    if changes.is_empty() {
+        anyhow::bail!("nothing to set: give --loss, --rate, --delay, --jitter or --clear");
+    }
+    let mut store = crate::ends::open_store(settings).await?;
+    let mut tx = store.begin().await?;
+    let Some(link) = records::link(&mut tx, id).await? else {
+        anyhow::bail!("no link {id} in the topology (`ratchet links` shows the ids)");
+    };
+    let host = crate::netlink::Netlink::host()?;
+    let mut dataplane = Dataplane::open(&settings.pin_root)?;
+    let sides = side.map_or(vec![Side::A, Side::B], |side| vec![side]);
+    let done = crate::ends::impair::set_link(&mut tx, (&host, dataplane.as_mut()), &link, &sides, changes).await?;
+    tx.commit().await?;
+    for set in done {
+        let (from, to) = (link.end(set.side), link.end(set.side.other()));
+        let whence = match set.here {
+            true => "set here",
+            false => "not on this node: its node's agent applies it",
+        };
+        println!("{id} {}: {} -> {} {}: {}; {whence}", set.side.as_str(), from.pod, to.pod, to.ifname, set.impairment);
     }
     Ok(())
 }
@@ -488,15 +556,24 @@ struct EndView {
     side: Side,
     pod: String,
     ifname: String,
+    /// The pod interface's addresses, as the topology gives them.
+    ips: Vec<String>,
     host_ifname: String,
+    host_ifindex: u32,
+    /// The host veth's MTU, read from the kernel on this node.
+    mtu: Option<u32>,
     node: String,
     /// With etcd: whether the end's node has a live agent lease.
     #[serde(skip_serializing_if = "Option::is_none")]
     node_alive: Option<bool>,
     container_id: String,
+    /// What the frames this end sends go through.
+    impairment: crate::topology::Impairment,
     packets: Option<u64>,
     bytes: Option<u64>,
     drops: Option<u64>,
+    /// Frames the configured loss dropped.
+    lost: Option<u64>,
 }
 
 async fn links(settings: &Settings, output: Output) -> anyhow::Result<()> {
@@ -511,6 +588,7 @@ async fn links(settings: &Settings, output: Output) -> anyhow::Result<()> {
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     let cut = records::cut_links(&mut tx).await?;
     drop(tx);
+    let host = crate::netlink::Netlink::host()?;
     let mut views = Vec::with_capacity(by_link.len());
     for (link, ends) in by_link {
         // Ends of a link the topology dropped stay until their pods go;
@@ -525,23 +603,31 @@ async fn links(settings: &Settings, output: Output) -> anyhow::Result<()> {
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
             // The ifindex is this node's only when the veth of that name is.
-            let here = crate::netlink::ifindex_of(&end.host_ifname)? == Some(end.host_ifindex);
-            let stats = match &counters {
-                Some(counters) if here => Some(counters.get(end.host_ifindex)?.unwrap_or_default()),
-                _ if here => Some(Default::default()),
-                _ => None,
+            let veth = host.link_by_name(&end.host_ifname).await?.filter(|veth| veth.index == end.host_ifindex);
+            let (stats, lost) = match (&counters, &veth) {
+                (Some(counters), Some(_)) => {
+                    (Some(counters.get(end.host_ifindex)?.unwrap_or_default()), Some(counters.lost(end.host_ifindex)?))
+                }
+                (None, Some(_)) => (Some(Default::default()), Some(0)),
+                (_, None) => (None, None),
             };
+            let ips = in_topology.get(&link).map(|l| l.end(side).ips.iter().map(|ip| ip.to_string()).collect());
             end_views.push(EndView {
                 side,
                 pod: end.pod.to_string(),
                 ifname: end.ifname.to_string(),
+                ips: ips.unwrap_or_default(),
                 host_ifname: end.host_ifname,
+                host_ifindex: end.host_ifindex,
+                mtu: veth.map(|veth| veth.mtu),
                 node_alive: alive.as_ref().map(|alive| alive.contains(&end.node)),
                 node: end.node,
                 container_id: end.container_id,
+                impairment: end.impairment,
                 packets: stats.map(|s| s.packets),
                 bytes: stats.map(|s| s.bytes),
                 drops: stats.map(|s| s.drops),
+                lost,
             });
         }
         views.push(LinkView { link, state, reason, ends: end_views });
@@ -596,21 +682,38 @@ fn counter(value: Option<u64>) -> String {
 }
 
 /// The table, one row per end (one for a link without ends); `wide` adds
-/// each link's reason.
+/// each end's ifindex, MTU and addresses, and each link's reason.
 fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Result<()> {
-    let header =
-        ["LINK", "STATE", "SIDE", "POD", "IFNAME", "HOST IF", "NODE", "TX PACKETS", "TX BYTES", "DROPS", "REASON"];
-    let mut rows: Vec<[String; 11]> = vec![header.map(String::from)];
+    let mut header = vec![
+        "LINK",
+        "STATE",
+        "SIDE",
+        "POD",
+        "IFNAME",
+        "HOST IF",
+        "NODE",
+        "TX PACKETS",
+        "TX BYTES",
+        "DROPS",
+        "LOST",
+        "IMPAIRMENT",
+    ];
+    if wide {
+        header.extend(["IFINDEX", "MTU", "IPS", "REASON"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for view in views {
         if view.ends.is_empty() {
-            let mut row: [String; 11] = Default::default();
+            let mut row = vec![String::new(); header.len()];
             row[0] = view.link.clone();
             row[1] = view.state.clone();
-            row[10] = view.reason.clone();
+            if wide {
+                row[header.len() - 1] = view.reason.clone();
+            }
             rows.push(row);
         }
         for end in &view.ends {
-            rows.push([
+            let mut row = vec![
                 view.link.clone(),
                 view.state.clone(),
                 end.side.as_str().into(),
@@ -624,12 +727,18 @@ fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Resu
                 counter(end.packets),
                 counter(end.bytes),
                 counter(end.drops),
-                view.reason.clone(),
-            ]);
+                counter(end.lost),
+                end.impairment.to_string(),
+            ];
+            if wide {
+                let ips = if end.ips.is_empty() { "-".to_owned() } else { end.ips.join(",") };
+                row.extend([end.host_ifindex.to_string(), counter(end.mtu.map(u64::from)), ips, view.reason.clone()]);
+            }
+            rows.push(row);
         }
     }
-    let columns = if wide { 11 } else { 10 };
-    let widths: Vec<usize> = (0..columns).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..header.len()).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         writeln!(out, "{}", cells.join("  ").trim_end())?;

@@ -18,6 +18,7 @@ pub mod naming;
 pub mod netlink;
 pub mod pairing;
 pub mod reset;
+pub mod shaping;
 pub mod store;
 pub mod tc;
 pub mod topology;

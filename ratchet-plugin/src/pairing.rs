@@ -114,14 +114,16 @@ pub fn forwarding(ends: &[Option<EndRecord>; 2], fabric: &Fabric) -> Vec<Entry> 
 }
 
 fn local(from: &EndRecord, to: &EndRecord) -> Entry {
-    Entry::Peer { from: from.host_ifindex, to: Peer { ifindex: to.host_ifindex, ..Peer::default() } }
+    let loss = from.impairment.loss_scaled();
+    Entry::Peer { from: from.host_ifindex, to: Peer { ifindex: to.host_ifindex, loss, ..Peer::default() } }
 }
 
 fn remote(mine: &EndRecord, theirs: &EndRecord, fabric: &Fabric) -> Vec<Entry> {
     let (Some(vni), Some(vxlan), Some(ip)) = (mine.vni, fabric.vxlan_ifindex, fabric.node_ips.get(&theirs.node)) else {
         return Vec::new();
     };
-    let to = Peer { ifindex: vxlan, vni, remote_ipv4: u32::from(*ip), flags: PEER_REMOTE };
+    let loss = mine.impairment.loss_scaled();
+    let to = Peer { ifindex: vxlan, vni, remote_ipv4: u32::from(*ip), flags: PEER_REMOTE, loss };
     let from_node = u32::from(*ip);
     vec![Entry::Peer { from: mine.host_ifindex, to }, Entry::Tunnel { vni, to: mine.host_ifindex, from_node }]
 }
@@ -152,6 +154,7 @@ mod tests {
             generation: 1,
             vni: Some(7),
             pin_root: None,
+            impairment: Default::default(),
         })
     }
 
@@ -202,7 +205,7 @@ mod tests {
         let ends = [end(10, "n1"), end(20, "n2")];
         assert!(forwarding(&ends, &fabric).is_empty(), "the peer's node address is not known yet");
         fabric.node_ips.insert("n2".into(), Ipv4Addr::new(192, 0, 2, 2));
-        let to = Peer { ifindex: 99, vni: 7, remote_ipv4: 0xc000_0202, flags: PEER_REMOTE };
+        let to = Peer { ifindex: 99, vni: 7, remote_ipv4: 0xc000_0202, flags: PEER_REMOTE, loss: 0 };
         assert_eq!(
             forwarding(&ends, &fabric),
             vec![Entry::Peer { from: 10, to }, Entry::Tunnel { vni: 7, to: 10, from_node: 0xc000_0202 }]

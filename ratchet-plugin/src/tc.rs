@@ -263,7 +263,7 @@ const INGRESS: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS
 const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
 
 /// Sends one request and waits for its acknowledgement.
-async fn send(host: &Netlink, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
+pub(crate) async fn send(host: &Netlink, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
     let mut request = NetlinkMessage::from(msg);
     request.header.flags = flags;
     let mut response = host.handle().clone().request(request)?;

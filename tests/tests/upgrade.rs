@@ -97,6 +97,13 @@ fn program_id(host_ifname: &str) -> String {
     id.unwrap_or_else(|| panic!("no program on {host_ifname}: {shown}")).to_owned()
 }
 
+/// The layout the pin root's marker names.
+fn layout_of(node: &Node) -> u32 {
+    let markers = markers(node);
+    let layout = markers.iter().find_map(|m| m.strip_prefix("layout-"));
+    layout.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no layout marker: {markers:?}"))
+}
+
 /// The new build's first verb on the node: a CHECK of alpha, as kubelet's
 /// runtime sends one (an agent round does the same at its start).
 fn first_verb_of(bin: &Path, node: &Node, alpha: &Pod) -> ratchet_tests::Reply {
@@ -109,7 +116,7 @@ fn first_verb_of(bin: &Path, node: &Node, alpha: &Pod) -> ratchet_tests::Reply {
 fn a_build_of_the_next_layout_takes_over_a_live_link_without_losing_a_frame() {
     let node = Node::new();
     let (alpha, _beta, link) = linked(&node);
-    assert!(markers(&node).iter().any(|m| m == "layout-1"), "{:?}", markers(&node));
+    let old_layout = layout_of(&node);
     let old_bin = ratchet_tests::ratchet_bin();
     let ping = start_pings(&alpha);
     std::thread::sleep(Duration::from_millis(300));
@@ -117,7 +124,7 @@ fn a_build_of_the_next_layout_takes_over_a_live_link_without_losing_a_frame() {
 
     let checked = first_verb_of(&next_bin(), &node, &alpha);
     assert!(checked.success, "the next build's CHECK passes after the upgrade: {}", checked.stdout);
-    assert!(markers(&node).iter().any(|m| m == "layout-2"), "{:?}", markers(&node));
+    assert_eq!(layout_of(&node), old_layout + 1, "the next build's maps took over");
     let (sent, received) = ping_result(ping);
     assert_eq!((sent, received), (PINGS, PINGS), "no ping is lost across the upgrade");
     let after = alpha_packets(&node, &next_bin(), &link);
@@ -130,7 +137,8 @@ fn a_build_of_the_next_layout_takes_over_a_live_link_without_losing_a_frame() {
     }));
 
     let refused = first_verb_of(&ratchet_tests::ratchet_bin(), &node, &alpha);
-    refused.assert_error(103, &["layout 2", "downgrade is refused"]);
+    let newer = format!("layout {}", old_layout + 1);
+    refused.assert_error(103, &[newer.as_str(), "downgrade is refused"]);
 }
 
 #[test]

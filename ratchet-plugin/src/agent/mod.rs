@@ -127,6 +127,8 @@ pub struct Agent<'a> {
     status: Arc<Status>,
     /// Which of this node's host veths were last set down for a cut link.
     cut: ends::cut::Applied,
+    /// What its node's pod ends were last shaped to.
+    shaped: ends::impair::Applied,
 }
 
 impl<'a> Agent<'a> {
@@ -141,6 +143,7 @@ impl<'a> Agent<'a> {
             renewed: None,
             status,
             cut: ends::cut::Applied::default(),
+            shaped: ends::impair::Applied::default(),
         })
     }
 
@@ -225,6 +228,7 @@ impl<'a> Agent<'a> {
         }
         let cut = records::cut_links(&mut tx).await?;
         self.cut.sync(&self.host, &ends.fabric().node, &by_link, &cut).await?;
+        self.shaped.sync(&self.host, &ends.fabric().node, &by_link).await;
         let links = topology_links(&mut tx, rev, &mut self.topology).await?;
         let snapshot = Snapshot::of(links, &by_link, &cut, &ends.fabric().node);
         failpoint!("agent::before-commit");

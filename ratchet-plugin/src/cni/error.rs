@@ -8,8 +8,8 @@
 use rscni_types::error::Error as WireError;
 
 use crate::{
-    config::ConfigError, dataplane::DataplaneError, ends::EndsError, netlink::NetlinkError, store::StoreError,
-    tc::TcError, topology::TopologyError,
+    config::ConfigError, dataplane::DataplaneError, ends::EndsError, netlink::NetlinkError, shaping::ShapingError,
+    store::StoreError, tc::TcError, topology::TopologyError,
 };
 
 /// Ratchet's own error codes (the spec leaves 100 and up to plugins).
@@ -163,6 +163,11 @@ impl From<EndsError> for CniError {
             too_big @ EndsError::MtuAboveUnderlay { .. } => {
                 CniError::Config { key: "topology".into(), reason: too_big.to_string() }
             }
+            EndsError::Shaping(ShapingError::Netlink(e)) => CniError::Netlink(e),
+            EndsError::Shaping(no_netem @ ShapingError::NoNetem { .. }) => {
+                CniError::Config { key: "topology".into(), reason: no_netem.to_string() }
+            }
+            EndsError::BadImpairment(reason) => CniError::Config { key: "topology".into(), reason },
             failpoint @ EndsError::Failpoint(_) => CniError::Io(failpoint.to_string()),
         }
     }

@@ -27,7 +27,8 @@ use super::{DataplaneError, MAP_PINS, OBJECT, PIN_LINKS, PIN_PROG, Program, obj_
 
 /// The layout of the maps this build reads and writes. A test-only build
 /// (`layout-next`) speaks the next one, to exercise an upgrade across layouts.
-pub const LAYOUT: u32 = if cfg!(feature = "layout-next") { 2 } else { 1 };
+/// Layout 2 added the `lost` map and [`ratchet_common::Peer::loss`].
+pub const LAYOUT: u32 = if cfg!(feature = "layout-next") { 3 } else { 2 };
 
 /// What a pin root holds, against this build.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,8 +25,8 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use ratchet_common::{
-    EndStats, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_VNIS, MAX_ENDS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer, Switches,
-    VniEnd,
+    EndStats, MAP_LOST, MAP_PEERS, MAP_STATS, MAP_SWITCHES, MAP_VNIS, MAX_ENDS, PROG_FROM_TUNNEL, PROG_TO_PEER, Peer,
+    Switches, VniEnd,
 };
 
 mod layout;
@@ -48,6 +48,7 @@ const PIN_PROG_TUNNEL: &str = PROG_FROM_TUNNEL;
 const PIN_PEERS: &str = "peers";
 const PIN_VNIS: &str = "vnis";
 const PIN_STATS: &str = "stats";
+const PIN_LOST: &str = "lost";
 const PIN_SWITCHES: &str = "switches";
 /// tcx links, one pin per host veth.
 const PIN_LINKS: &str = "links";
@@ -217,6 +218,8 @@ pub struct Dataplane {
     peers: HashMap<MapData, u32, Peer>,
     vnis: HashMap<MapData, u32, VniEnd>,
     stats: PerCpuHashMap<MapData, u32, EndStats>,
+    /// `None` in layout 1's pins, which an upgrade reads counters from.
+    lost: Option<PerCpuHashMap<MapData, u32, u64>>,
 }
 
 impl Dataplane {
@@ -294,6 +297,7 @@ impl Dataplane {
             peers: typed_map(peers, &peers_pin)?,
             vnis: open_map(root, PIN_VNIS)?,
             stats: open_map(root, PIN_STATS)?,
+            lost: root.join(PIN_LOST).exists().then(|| open_map(root, PIN_LOST)).transpose()?,
         })
     }
 
@@ -379,6 +383,22 @@ impl Dataplane {
         })
     }
 
+    /// Sets the loss of the frames entering host veth `from`, in its
+    /// forwarding entry; none yet (its peer waits) is fine, as the entry
+    /// written when the peer comes takes the loss from the end's record.
+    pub fn set_loss(&mut self, from: u32, loss: u16) -> Result<(), DataplaneError> {
+        let failed = |source| DataplaneError::Map { what: format!("set the loss of {MAP_PEERS}[{from}]"), source };
+        let peer = match self.peers.get(&from, 0) {
+            Ok(peer) => peer,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(source) => return Err(failed(source)),
+        };
+        if peer.loss == loss {
+            return Ok(());
+        }
+        self.peers.insert(from, Peer { loss, ..peer }, 0).map_err(failed)
+    }
+
     /// Removes whatever occupies an entry's slot. Missing is fine.
     pub fn remove(&mut self, entry: &Entry) -> Result<(), DataplaneError> {
         let removed = match *entry {
@@ -428,6 +448,11 @@ impl Dataplane {
         let failed = |source| DataplaneError::Map { what: format!("carry {MAP_STATS}[{ifindex}] over"), source };
         let values = PerCpuValues::try_from(copied.clone()).map_err(|e| failed(MapError::from(e)))?;
         self.stats.insert(ifindex, values, 0).map_err(|source| full_or(MAP_STATS, source, failed))?;
+        if let (Some(old), Some(new)) = (&from.lost, &mut self.lost)
+            && let Ok(lost) = old.get(&ifindex, 0)
+        {
+            new.insert(ifindex, lost, 0).map_err(|source| full_or(MAP_LOST, source, failed))?;
+        }
         Ok(copied)
     }
 
@@ -475,7 +500,10 @@ impl Dataplane {
     /// Stops counting for a host veth. Missing is fine.
     pub fn untrack(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         ignore_missing(self.stats.remove(&ifindex))
-            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_STATS}[{ifindex}]"), source })
+            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_STATS}[{ifindex}]"), source })?;
+        let Some(lost) = &mut self.lost else { return Ok(()) };
+        ignore_missing(lost.remove(&ifindex))
+            .map_err(|source| DataplaneError::Map { what: format!("remove {MAP_LOST}[{ifindex}]"), source })
     }
 
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
@@ -525,6 +553,8 @@ fn full_or(map: &'static str, source: MapError, other: impl FnOnce(MapError) -> 
 /// write through a read-only map fd).
 pub struct Counters {
     stats: PerCpuHashMap<MapData, u32, EndStats>,
+    /// `None` under layout 1's pins, until an upgrade rebuilds them.
+    lost: Option<PerCpuHashMap<MapData, u32, u64>>,
 }
 
 impl Counters {
@@ -534,17 +564,24 @@ impl Counters {
         if !path.exists() {
             return Ok(None);
         }
-        let map_error = |source| DataplaneError::Map { what: format!("open {} read-only", path.display()), source };
-        let fd = obj_get_read_only(&path).map_err(|io_error| {
-            map_error(MapError::SyscallError(aya::sys::SyscallError { call: "BPF_OBJ_GET", io_error }))
-        })?;
-        let map = Map::from_map_data(MapData::from_fd(fd).map_err(map_error)?).map_err(map_error)?;
-        Ok(Some(Self { stats: PerCpuHashMap::try_from(map).map_err(map_error)? }))
+        let lost = root.join(PIN_LOST);
+        let lost = lost.exists().then(|| open_read_only(&lost)).transpose()?;
+        Ok(Some(Self { stats: open_read_only(&path)?, lost }))
     }
 
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
     pub fn get(&self, ifindex: u32) -> Result<Option<EndStats>, DataplaneError> {
         sum_stats(&self.stats, ifindex)
+    }
+
+    /// The frames a host veth's configured loss dropped, summed over CPUs.
+    pub fn lost(&self, ifindex: u32) -> Result<u64, DataplaneError> {
+        let Some(lost) = &self.lost else { return Ok(0) };
+        match lost.get(&ifindex, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().sum()),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_LOST}[{ifindex}]"), source }),
+        }
     }
 
     /// How many host veths have counters.
@@ -556,6 +593,18 @@ impl Counters {
         }
         Ok(count)
     }
+}
+
+/// A pinned map opened read-only, as the type this build reads it as.
+fn open_read_only<M>(path: &Path) -> Result<M, DataplaneError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map_error = |source| DataplaneError::Map { what: format!("open {} read-only", path.display()), source };
+    let fd = obj_get_read_only(path).map_err(|io_error| {
+        map_error(MapError::SyscallError(aya::sys::SyscallError { call: "BPF_OBJ_GET", io_error }))
+    })?;
+    typed_map(MapData::from_fd(fd).map_err(map_error)?, path)
 }
 
 /// `BPF_OBJ_GET` with `BPF_F_RDONLY`: aya 0.14 opens pins read-write only.
@@ -760,8 +809,13 @@ fn pin_into(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// Each map of the object, by its name there, and its pin's name.
-const MAP_PINS: [(&str, &str); 4] =
-    [(MAP_PEERS, PIN_PEERS), (MAP_VNIS, PIN_VNIS), (MAP_STATS, PIN_STATS), (MAP_SWITCHES, PIN_SWITCHES)];
+const MAP_PINS: [(&str, &str); 5] = [
+    (MAP_PEERS, PIN_PEERS),
+    (MAP_VNIS, PIN_VNIS),
+    (MAP_STATS, PIN_STATS),
+    (MAP_LOST, PIN_LOST),
+    (MAP_SWITCHES, PIN_SWITCHES),
+];
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ use crate::{
         records::{self, EndRecord, EndRef, SandboxRecord},
     },
     tc::{self, Hook},
-    topology::{Link, MacAddr, PodRef, Side},
+    topology::{Impairment, Link, MacAddr, PodRef, Side},
 };
 
 /// The pod sandbox ends are attached to, as the runtime names it.
@@ -196,7 +196,8 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         self.clear_leftovers(end).await?;
         self.ensure_free(end.spec().ifname.as_str()).await?;
         let veth = self.make_veth(end).await?;
-        let pod_end = self.configure_pod_end(end).await?;
+        let impairment = super::impair::wanted(tx, end.link, end.side).await?;
+        let pod_end = self.configure_pod_end(end, &impairment).await?;
         let record = EndRecord {
             container_id: self.sandbox.container_id.into(),
             cni_ifname: self.sandbox.cni_ifname.into(),
@@ -209,6 +210,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
             generation: self.ends.loaded()?.generation(),
             vni: records::link_vni(tx, &end.link_id).await?,
             pin_root: Some(self.ends.settings.pin_root.clone()),
+            impairment,
         };
         self.wire(tx, end, record).await?;
         failpoint!("add::wired");
@@ -273,8 +275,8 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         Ok(veth)
     }
 
-    /// The pod end's addresses, then up.
-    async fn configure_pod_end(&self, end: &PlannedEnd<'_>) -> Result<LinkInfo, EndsError> {
+    /// The pod end's addresses and shaping, then up.
+    async fn configure_pod_end(&self, end: &PlannedEnd<'_>, impairment: &Impairment) -> Result<LinkInfo, EndsError> {
         let ifname = end.spec().ifname.as_str();
         let pod_end = self.in_pod.link_by_name(ifname).await?.ok_or_else(|| EndsError::IfNameTaken {
             ifname: format!("{ifname} (vanished right after it was made)"),
@@ -282,6 +284,9 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         })?;
         self.in_pod.add_addresses(pod_end.index, ifname, &end.spec().ips).await?;
         failpoint!("add::addressed");
+        if !impairment.shaping().is_none() {
+            crate::shaping::set(&self.in_pod, (pod_end.index, ifname, pod_end.mtu), &impairment.shaping()).await?;
+        }
         self.in_pod.set_up(pod_end.index, ifname).await?;
         failpoint!("add::pod-end-up");
         Ok(pod_end)

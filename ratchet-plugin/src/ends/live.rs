@@ -57,10 +57,10 @@ impl Ends<'_> {
         Ok(unlinked)
     }
 
-    /// Sets a link's MTU (both ends of this side's veth) and the end's MAC
-    /// when the topology changed them.
+    /// Sets a link's MTU (both ends of this side's veth), the end's MAC and
+    /// its impairment when the topology changed them.
     async fn apply_link_settings(
-        &self,
+        &mut self,
         in_pod: &Netlink,
         tx: &mut impl Transaction,
         link: &Link,
@@ -79,6 +79,13 @@ impl Ends<'_> {
         {
             in_pod.set_mac(pod_end.index, record.ifname.as_str(), mac).await?;
             info!(link = %link.id(), %mac, "changed a link end's MAC");
+        }
+        let impairment = super::impair::wanted(tx, link, side).await?;
+        if record.impairment != impairment {
+            super::impair::shape_pod_end(in_pod, record.ifname.as_str(), &impairment).await?;
+            let record = EndRecord { impairment, ..record };
+            super::impair::record(tx, self.dataplane.as_mut(), &link.id(), side, &record).await?;
+            info!(link = %link.id(), side = side.as_str(), %impairment, "changed a link end's impairment");
         }
         Ok(())
     }

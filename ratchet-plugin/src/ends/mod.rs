@@ -17,6 +17,7 @@
 mod attach;
 pub mod cut;
 mod fabric;
+pub mod impair;
 mod inspect;
 mod live;
 mod orphans;
@@ -89,6 +90,12 @@ pub enum EndsError {
         /// The largest link MTU it carries.
         max: u32,
     },
+    /// An impairment that cannot be applied as asked.
+    #[error("{0}")]
+    BadImpairment(String),
+    /// A pod end's qdisc could not be set as its impairment says.
+    #[error(transparent)]
+    Shaping(#[from] crate::shaping::ShapingError),
     /// A test's failpoint fired.
     #[error("failpoint {0} fired")]
     Failpoint(&'static str),

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{StoreError, Transaction};
-use crate::topology::{IfName, Link, PodRef, Side, Topology};
+use crate::topology::{IfName, Impairment, Link, PodRef, Side, Topology};
 
 /// Every key ratchet writes starts with this.
 pub const ROOT: &str = "/ratchet/";
@@ -27,6 +27,10 @@ const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
 /// Links cut with `ratchet link down`, by id, present while cut. Apart from
 /// the topology, so applying it again leaves a cut link cut.
 const CUT: &str = "/ratchet/cut/";
+/// Impairments set with `ratchet link set`, by link id: `[a, b]`, what the
+/// frames each side sends go through. Present, it overrides the topology's
+/// keys for that link; apart from the topology for the same reason as [`CUT`].
+const IMPAIRED: &str = "/ratchet/impaired/";
 
 /// One attached link end: what DEL, CHECK and the CLI need to find it again
 /// even when the pod's netns is already gone.
@@ -64,6 +68,11 @@ pub struct EndRecord {
     /// names another one still unwires them where they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_root: Option<std::path::PathBuf>,
+    /// What the frames this end sends go through: the topology's keys, or
+    /// what `ratchet link set` made them ([`impairments`]). Its loss is in
+    /// the end's forwarding entry, the rest in a qdisc on the pod end.
+    #[serde(default, skip_serializing_if = "Impairment::is_none")]
+    pub impairment: Impairment,
 }
 
 /// A pod's sandbox that ratchet gave links to: where the agent adds or
@@ -252,6 +261,18 @@ pub async fn is_cut(tx: &mut impl Transaction, id: &str) -> Result<bool, StoreEr
 /// The ids of every cut link.
 pub async fn cut_links(tx: &mut impl Transaction) -> Result<std::collections::BTreeSet<String>, StoreError> {
     Ok(tx.scan(CUT).await?.into_iter().map(|(key, _)| key[CUT.len()..].to_owned()).collect())
+}
+
+/// Sets the link `id`'s impairments, `[a, b]`, over the topology's.
+pub async fn set_impairments(tx: &mut impl Transaction, id: &str, sides: &[Impairment; 2]) -> Result<(), StoreError> {
+    put_json(tx, &format!("{IMPAIRED}{id}"), sides).await
+}
+
+/// The link `id`'s impairments as `ratchet link set` left them; `None`
+/// when it never set them, and the topology's keys hold.
+pub async fn impairments(tx: &mut impl Transaction, id: &str) -> Result<Option<[Impairment; 2]>, StoreError> {
+    let key = format!("{IMPAIRED}{id}");
+    tx.get(&key).await?.map(|bytes| decode(&key, &bytes)).transpose()
 }
 
 /// The stored link with id `id`; `None` when the topology has none.

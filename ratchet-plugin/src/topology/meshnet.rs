@@ -172,7 +172,7 @@ fn link_of(namespace: &str, uid: i64, seen: &Seen<'_>) -> Result<Link, TopologyE
         true => (local, peer),
         false => (peer, local),
     };
-    Ok(Link { name: None, a, b, mtu: None })
+    Ok(Link { name: None, a, b, mtu: None, loss: None, rate: None, delay: None, jitter: None })
 }
 
 /// One end, read through the same parser as a topology file's.

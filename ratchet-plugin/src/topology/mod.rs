@@ -5,8 +5,11 @@
 //! addresses and optionally its MAC. Everything is validated when the file is
 //! read, so the plugin never meets a malformed link at ADD time.
 
+pub mod impair;
 pub mod input;
 pub mod meshnet;
+
+pub use self::impair::Impairment;
 
 use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
 
@@ -98,6 +101,16 @@ pub enum TopologyError {
         a: IpNet,
         /// Side b's address of the same family.
         b: IpNet,
+    },
+    /// An impairment that cannot be applied as written.
+    #[error("link {link}: side {side}: {reason}")]
+    BadImpairment {
+        /// The link's id.
+        link: String,
+        /// The side whose frames it impairs.
+        side: &'static str,
+        /// What is wrong.
+        reason: String,
     },
     /// Two links share an id (the same name, or unnamed with the same ends).
     #[error("two links have the id {0:?}")]
@@ -289,6 +302,18 @@ pub struct LinkEnd {
     /// The pod interface's MAC; absent, the kernel picks a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// Loss of the frames this end sends, as `5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<impair::Loss>,
+    /// The rate this end sends at most, as `100mbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<impair::Rate>,
+    /// Delay added to what this end sends, as `10ms` (needs netem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<impair::Delay>,
+    /// Jitter of that delay, as `1ms` (needs netem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<impair::Delay>,
 }
 
 /// Reads addresses, refusing an IPv4 octet written with a leading zero
@@ -371,6 +396,21 @@ pub struct Link {
     /// [`crate::config::Settings::link_mtu`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    // The four impairment keys are spelled out here and in `LinkEnd` rather
+    // than a flattened `Impairment`: serde's `flatten` cannot be combined
+    // with `deny_unknown_fields`, which is what catches a mistyped key.
+    /// Loss of the frames each end sends, as `5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<impair::Loss>,
+    /// The rate each end sends at most, as `100mbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<impair::Rate>,
+    /// Delay added to what each end sends, as `10ms` (needs netem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<impair::Delay>,
+    /// Jitter of that delay, as `1ms` (needs netem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<impair::Delay>,
 }
 
 impl Link {
@@ -392,6 +432,14 @@ impl Link {
             Side::A => &self.a,
             Side::B => &self.b,
         }
+    }
+
+    /// What the frames `side` sends go through, as the topology says: that
+    /// end's keys, else the link's.
+    pub fn impairment(&self, side: Side) -> Impairment {
+        let end = self.end(side);
+        let of_end = Impairment { loss: end.loss, rate: end.rate, delay: end.delay, jitter: end.jitter };
+        of_end.or(Impairment { loss: self.loss, rate: self.rate, delay: self.delay, jitter: self.jitter })
     }
 
     /// The sides of this link that belong to `pod` (both, for a pod linked to itself).
@@ -437,6 +485,11 @@ impl Link {
         }
         if let Some((a, b)) = different_subnets(&self.a.ips, &self.b.ips) {
             return Err(TopologyError::DifferentSubnets { link: id, a: *a, b: *b });
+        }
+        for side in [Side::A, Side::B] {
+            if let Err(reason) = self.impairment(side).validate() {
+                return Err(TopologyError::BadImpairment { link: id, side: side.as_str(), reason });
+            }
         }
         Ok(())
     }
