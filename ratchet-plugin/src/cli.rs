@@ -479,11 +479,8 @@ async fn link_set(settings: &Settings, id: &str, side: Option<Side>, changes: &C
     tx.commit().await?;
     for set in done {
         let (from, to) = (link.end(set.side), link.end(set.side.other()));
-        let whence = match set.here {
-            true => "set here",
-            false => "not on this node: its node's agent applies it",
-        };
-        println!("{id} {}: {} -> {} {}: {}; {whence}", set.side.as_str(), from.pod, to.pod, to.ifname, set.impairment);
+        let (side, impairment, effect) = (set.side.as_str(), set.impairment, set.effect);
+        println!("{id} {side}: {} -> {} {}: {impairment}; {effect}", from.pod, to.pod, to.ifname);
     }
     Ok(())
 }

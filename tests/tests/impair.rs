@@ -202,6 +202,25 @@ fn the_topologys_keys_apply_at_add() {
 }
 
 #[test]
+fn a_change_before_the_add_is_what_the_add_applies() {
+    let node = Node::new();
+    let (alpha, beta, link) = two_pods_linked(&node, 98, json!({"rate": "50mbit"}));
+    let said = node.cli(&["link", "set", &link, "--side", "b", "--rate", "none", "--loss", "100%"]);
+    assert!(
+        said.contains("b: default/beta -> default/alpha in1: loss 100%; not attached yet: its ADD applies it"),
+        "{said}"
+    );
+    node.add(&alpha);
+    node.add(&beta);
+    assert_eq!(root_qdisc(&alpha, "in1")["kind"], "tbf", "side a keeps the topology's rate");
+    assert_eq!(root_qdisc(&beta, "in1")["kind"], "noqueue", "side b's rate was dropped before its ADD");
+    assert!(!pings(&alpha, "10.98.0.2"), "beta's ADD applied the loss");
+    assert_eq!(end_view(&node.links(), &link, "b")["impairment"], json!({"loss": "100%"}));
+    node.del(&alpha);
+    node.del(&beta);
+}
+
+#[test]
 fn a_delay_in_the_topology_fails_add_clearly_where_the_kernel_has_no_netem() {
     if kernel_has_netem() {
         return;
@@ -265,7 +284,12 @@ fn the_far_nodes_agent_applies_an_impairment_set_elsewhere() {
     let out =
         rig.cli(0, &["link", "set", &link, "--side", "b", "--loss", "100%", "--rate", "10mbit"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.contains("its node's agent applies it"), "{said}");
+    assert!(
+        out.status.success()
+            && said.contains("b: default/beta -> default/alpha in1: loss 100% rate 10mbit; on node ")
+            && said.contains("its agent applies it"),
+        "{said}"
+    );
     assert!(eventually(|| root_qdisc(&beta, "in1")["kind"] == "tbf"), "node 1's agent shapes beta's end");
     assert!(eventually(|| !pings(&alpha, "10.97.0.2")), "node 1's agent drops beta's frames");
 

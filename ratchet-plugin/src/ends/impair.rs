@@ -151,9 +151,29 @@ pub struct SideSet {
     pub side: Side,
     /// Its impairment now.
     pub impairment: Impairment,
-    /// Whether the end is on this node and was changed here (else the
-    /// agent of its node applies it, or its ADD when it comes).
-    pub here: bool,
+    /// Where the change takes effect.
+    pub effect: Effect,
+}
+
+/// Where `ratchet link set` changed a side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The end is on this node: changed at once.
+    Here,
+    /// The end is on this other node: its agent applies the change.
+    ByAgentOf(String),
+    /// No ADD has attached the end yet: its ADD applies the change.
+    AtAdd,
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Effect::Here => f.write_str("set here"),
+            Effect::ByAgentOf(node) => write!(f, "on node {node}: its agent applies it"),
+            Effect::AtAdd => f.write_str("not attached yet: its ADD applies it"),
+        }
+    }
 }
 
 /// Records a live end's new impairment and sets its loss in the end's
@@ -195,25 +215,31 @@ pub async fn set_link(
         let bad = |reason| EndsError::BadImpairment(format!("link {id}: side {}: {reason}", side.as_str()));
         new.validate().map_err(bad)?;
         all[side.index()] = new;
-        let mut here = false;
+        let mut effect = Effect::AtAdd;
         if let Some(end) = &ends[side.index()] {
             let changed = EndRecord { impairment: new, ..end.clone() };
             match apply(host, &changed).await {
-                Ok(applied) => here = applied,
+                Ok(true) => effect = Effect::Here,
+                Ok(false) => effect = Effect::ByAgentOf(end.node.clone()),
                 Err(error) => {
                     for end in shaped {
                         let _ = apply(host, end).await;
                     }
-                    return Err(error);
+                    return Err(match error {
+                        EndsError::Shaping(no_netem @ shaping::ShapingError::NoNetem { .. }) => {
+                            bad(no_netem.to_string())
+                        }
+                        other => other,
+                    });
                 }
             }
             shaped.push(end);
             records::put_end(tx, &id, side, &changed).await?;
-            if here {
+            if effect == Effect::Here {
                 changed_here.push(changed);
             }
         }
-        done.push(SideSet { side, impairment: new, here });
+        done.push(SideSet { side, impairment: new, effect });
     }
     // The losses last, once every side is shaped: a side that fails leaves
     // the forwarding entries as they were.
