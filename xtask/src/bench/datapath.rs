@@ -137,14 +137,22 @@ fn retry<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
 /// A ratchet link: the topology's datapath link, both pods ADDed.
 fn ratchet(lab: &mut Lab) -> anyhow::Result<Path> {
     let conf = plugin_conf(lab, Plugin::Ratchet);
-    let mut netns = Vec::new();
     for pod in DP_PODS {
-        let ns = lab.add_netns(&format!("dp-ratchet-{pod}"))?;
+        let ns = lab.add_netns(&ratchet_netns_suffix(pod))?;
         lab.cni(&lab.bin, "ADD", &ns, pod, &conf)?;
-        netns.push(ns);
     }
+    Ok(ratchet_path(lab))
+}
+
+fn ratchet_netns_suffix(pod: &str) -> String {
+    format!("dp-ratchet-{pod}")
+}
+
+/// The ratchet link's path, once [`measure`] has made it.
+pub(super) fn ratchet_path(lab: &Lab) -> Path {
+    let [client, server] = DP_PODS.map(|pod| format!("{}-{}", lab.prefix, ratchet_netns_suffix(pod)));
     let server_ip = DP_IPS[1].split('/').next().unwrap_or_default().to_owned();
-    Ok(Path { name: "ratchet", client: netns.remove(0), server: netns.remove(0), server_ip })
+    Path { name: "ratchet", client, server, server_ip }
 }
 
 /// The floor: a bare veth pair between the two netns, no program.
@@ -178,7 +186,8 @@ fn plugin_path(lab: &mut Lab, plugin: Plugin) -> anyhow::Result<Path> {
     Ok(Path { name: plugin.name(), client, server, server_ip: result_ip(&result)? })
 }
 
-fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
+/// One iperf3 TCP run over `path`: what the receiver got, Gbit/s.
+pub(super) fn iperf(lab: &Lab, plan: &Plan, path: &Path) -> anyhow::Result<f64> {
     let mut cmd = lab.exec(&path.client, lab.client_cpu());
     cmd.args(["iperf3", "--client", &path.server_ip, "--port", IPERF_PORT, "--json"]).args([
         "--time",

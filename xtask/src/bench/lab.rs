@@ -56,6 +56,13 @@ impl Lab {
         })
     }
 
+    /// The operator's CLI on the lab's node (its store and pins).
+    pub fn cli(&self) -> Command {
+        let mut cli = command(&self.bin);
+        cli.arg("--state-dir").arg(&self.state_dir).arg("--pin-root").arg(&self.pin_root);
+        cli
+    }
+
     /// Makes a netns named `<prefix>-<suffix>` and returns its name.
     pub fn add_netns(&mut self, suffix: &str) -> anyhow::Result<String> {
         let name = format!("{}-{suffix}", self.prefix);
@@ -144,14 +151,7 @@ impl Lab {
         }
         if self.pin_root.exists() {
             println!("  ratchet unload --force ({})", self.pin_root.display());
-            let _ = util::probe(
-                command(&self.bin)
-                    .arg("--state-dir")
-                    .arg(&self.state_dir)
-                    .arg("--pin-root")
-                    .arg(&self.pin_root)
-                    .args(["unload", "--force"]),
-            );
+            let _ = util::probe(self.cli().args(["unload", "--force"]));
         }
         if !self.netns.is_empty() {
             // Their host-side veth ends go once the netns is torn down, which

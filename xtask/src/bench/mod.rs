@@ -8,6 +8,8 @@
 //!   transaction over a ratchet link, a bare veth pair, bridge and ptp.
 //! - crossnode.rs: two nodes (netns, etcd, agents): a ratchet link vs a
 //!   kernel VXLAN device per link, and peer-appears-to-traffic latency.
+//! - impair.rs: configured loss and rate against what traffic meets on the
+//!   datapath link, and how soon a cut reaches the pods' carrier.
 //! - scale.rs: ADD latency as one node fills with links, map memory, the
 //!   agent's memory and fds.
 //! - report.rs: the tables, targets and plots.
@@ -16,6 +18,7 @@
 mod control;
 mod crossnode;
 mod datapath;
+mod impair;
 mod lab;
 mod report;
 mod scale;
@@ -72,13 +75,14 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     println!("\n==> clean up");
     lab.cleanup();
     lab.verify_clean()?;
-    let Measured { control, datapath, crossnode, scale, upgrade } = measured?;
+    let Measured { control, datapath, impair, crossnode, scale, upgrade } = measured?;
     let elapsed = started.elapsed();
     let report = report::Report {
         machine,
         plan,
         control,
         datapath,
+        impair,
         crossnode,
         scale,
         upgrade,
@@ -94,6 +98,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
 struct Measured {
     control: control::Control,
     datapath: datapath::Datapath,
+    impair: impair::Impair,
     crossnode: crossnode::CrossNode,
     scale: scale::Scale,
     upgrade: upgrade::Upgrade,
@@ -117,6 +122,8 @@ fn measure(lab: &mut Lab, plan: &Plan, next_bin: &Path) -> anyhow::Result<Measur
     let control = control::measure(lab, plan)?;
     println!("\n==> datapath: TCP throughput and request/response over each path");
     let datapath = datapath::measure(lab, plan)?;
+    println!("\n==> impairments on the datapath link: loss and rate against traffic, link down/up to the carrier");
+    let impair = impair::measure(lab, plan)?;
     println!("\n==> cross-node: a ratchet link vs a kernel VXLAN device per link; peer-appears-to-traffic");
     let crossnode = crossnode::measure(lab, plan)?;
     // Last: its thousands of netns and veths would weigh on the others.
@@ -124,7 +131,7 @@ fn measure(lab: &mut Lab, plan: &Plan, next_bin: &Path) -> anyhow::Result<Measur
     let scale = scale::measure(lab, plan)?;
     println!("\n==> upgrade: a ping flood across a link while new builds take its node over");
     let upgrade = upgrade::measure(lab, next_bin)?;
-    Ok(Measured { control, datapath, crossnode, scale, upgrade })
+    Ok(Measured { control, datapath, impair, crossnode, scale, upgrade })
 }
 
 /// The ratchet pod names of control-plane link `i` (0 is the warm-up).
@@ -135,11 +142,13 @@ pub fn link_pods(i: usize) -> [String; 2] {
 /// The datapath link's pods and addresses.
 pub const DP_PODS: [&str; 2] = ["dpa", "dpb"];
 pub const DP_IPS: [&str; 2] = ["10.205.0.1/24", "10.205.0.2/24"];
+/// The pod interface of every bench link.
+pub const POD_IFNAME: &str = "r0";
 
 /// One topology for the whole run: the control-plane links (one /24 each)
 /// and the datapath link.
 fn apply_topology(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
-    let end = |pod: &str, ip: String| json!({ "pod": format!("bench/{pod}"), "ifname": "r0", "ips": [ip] });
+    let end = |pod: &str, ip: String| json!({ "pod": format!("bench/{pod}"), "ifname": POD_IFNAME, "ips": [ip] });
     let mut links: Vec<Value> = (0..=plan.links)
         .map(|i| {
             let [a, b] = link_pods(i);
@@ -156,9 +165,7 @@ fn apply_topology(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
     let path = lab.temp.join("topology.json");
     fs::write(&path, serde_json::to_string_pretty(&json!({ "links": links }))?)
         .with_context(|| format!("writing {}", path.display()))?;
-    let mut cli = util::command(&lab.bin);
-    cli.arg("--state-dir").arg(&lab.state_dir).arg("--pin-root").arg(&lab.pin_root);
-    util::run(cli.args(["topology", "apply"]).arg(&path))
+    util::run(lab.cli().args(["topology", "apply"]).arg(&path))
 }
 
 /// The CNI configs each plugin gets on stdin (the conflist entry with the

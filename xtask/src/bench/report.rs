@@ -12,6 +12,7 @@ use super::{
     control::{Control, Runs},
     crossnode::CrossNode,
     datapath::{self, Datapath, PathRuns},
+    impair::{self, Impair},
     percentile,
     scale::Scale,
     sorted,
@@ -42,6 +43,7 @@ pub struct Report {
     pub plan: Plan,
     pub control: Control,
     pub datapath: Datapath,
+    pub impair: Impair,
     pub crossnode: CrossNode,
     pub scale: Scale,
     pub upgrade: Upgrade,
@@ -137,9 +139,52 @@ impl Report {
     /// and how soon a peer's traffic flows) and scale figures (the last
     /// window of links against the first, what the maps and the agent hold).
     fn figures(&self) -> Vec<Figure> {
-        let mut figures = self.crossnode_figures();
+        let mut figures = self.impair_figures();
+        figures.extend(self.crossnode_figures());
         figures.extend(self.scale_figures());
         figures.extend(self.upgrade_figures());
+        figures
+    }
+
+    /// What traffic met against what was configured, and how soon a cut
+    /// reached the pod.
+    fn impair_figures(&self) -> Vec<Figure> {
+        let x = &self.impair;
+        let median = |samples: &[f64]| percentile(&sorted(samples), 50.0);
+        let configured = |value: f64| Some(("configured".to_owned(), value));
+        let mut figures = Vec::new();
+        for run in &x.loss {
+            figures.push(Figure {
+                figure: format!("loss {}%: pings unanswered (% of {})", run.percent, run.sent),
+                value: run.measured_percent(),
+                baseline: configured(run.percent),
+                target: None,
+            });
+            figures.push(Figure {
+                figure: format!("loss {}%: the link's lost counter (% of the pings)", run.percent),
+                value: run.counted_percent(),
+                baseline: configured(run.percent),
+                target: None,
+            });
+        }
+        figures.push(Figure {
+            figure: "rate: iperf3 TCP under the configured rate, median (Mbit/s)".into(),
+            value: median(&x.rate_mbit),
+            baseline: configured(impair::RATE_MBIT),
+            target: None,
+        });
+        figures.push(Figure {
+            figure: "`link down` to NO-CARRIER in the pod, median (ms, CLI start included)".into(),
+            value: median(&x.down_ms),
+            baseline: None,
+            target: None,
+        });
+        figures.push(Figure {
+            figure: "`link up` to the carrier back, median (ms)".into(),
+            value: median(&x.up_ms),
+            baseline: None,
+            target: None,
+        });
         figures
     }
 
@@ -313,6 +358,15 @@ impl Report {
              (user+nice+system+irq+softirq from /proc/stat) over the sockperf run, divided by its round trips; \
              it includes both ends and anything else the machine did. {reps} runs per path, paths interleaved \
              in a rotating order; the table shows medians of the runs. {pinning}.\n\
+             - **Impairments.** On the datapath's ratchet link after its runs, set live with `ratchet link \
+             set` (no re-ADD). Loss on side a at 1% and 10%: a ping flood (`ping -f -l 32`, {pings} pings, 32 \
+             in flight so a lost request does not stall the next) from side a, whose replies are not impaired; \
+             the figure is the share of pings unanswered, and the share the link's `lost` counter grew by. \
+             Rate: {rate} Mbit/s on side a (a TBF on the pod interface), one iperf3 TCP stream from side a as \
+             in the datapath runs, {reps} runs. Cable: `ip monitor link` runs in side a's pod; the figure is \
+             from the `ratchet link down` (or `up`) process starting to the pod interface's NO-CARRIER (or \
+             LOWER_UP) notification arriving, {cable} times each. The per-frame cost of an unimpaired link with \
+             the loss check in the program (one compare) is the datapath table's ratchet/veth ratio.\n\
              - **Cross-node.** Two \"nodes\" on this machine as tests/tests/multinode.rs builds them: each a \
              netns with its own host veths, pin root, state dir and `ratchet agent`, joined by an underlay veth \
              (10.209.0.1/.2), a single-member etcd inside node 0 as the store; plugin and agents run inside \
@@ -363,6 +417,9 @@ impl Report {
             msg = datapath::MESSAGE_BYTES,
             reps = plan.reps,
             spread = self.spread(),
+            pings = self.impair.loss.first().map_or(0, |run| run.sent),
+            rate = impair::RATE_MBIT,
+            cable = self.impair.down_ms.len(),
         )
     }
 
@@ -421,6 +478,14 @@ impl Report {
                     "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
                 }))).collect::<serde_json::Map<_, _>>(),
                 "scale_add_ms": self.scale.add_ms,
+                "impairments": {
+                    "loss": self.impair.loss.iter().map(|run| json!({
+                        "percent": run.percent, "sent": run.sent, "received": run.received, "counted_lost": run.counted,
+                    })).collect::<Vec<_>>(),
+                    "rate_mbit": { "configured": impair::RATE_MBIT, "measured": self.impair.rate_mbit },
+                    "link_down_to_no_carrier_ms": self.impair.down_ms,
+                    "link_up_to_carrier_ms": self.impair.up_ms,
+                },
                 "crossnode": self.crossnode.paths.iter().map(|path| (path.name.to_owned(), json!({
                     "gbps": path.gbps, "rr_per_s": path.rr_per_s, "latency_p50_us": path.lat_p50_us,
                     "latency_p99_us": path.lat_p99_us, "cpu_us_per_transaction": path.cpu_us_per_tx,
