@@ -1,0 +1,233 @@
+//! `ratchet links`: every link of the store, both ends, and what this node
+//! can say about each: counters, the pod interface as the kernel has it,
+//! and why a link is not up.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::{
+    config::Settings,
+    dataplane::Counters,
+    pairing,
+    store::{Store, records},
+    topology::Side,
+};
+
+/// `ratchet links -o`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// One link as `ratchet links` shows it.
+#[derive(Serialize)]
+struct LinkView {
+    link: String,
+    state: String,
+    /// Why the link is not up (or what is wrong with it), for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+    ends: Vec<EndView>,
+}
+
+/// One attached end; its counters are the direction leaving this end, read
+/// only for an end whose host veth is on this node (`null`, `-` in the
+/// table, for another node's: this node's maps know nothing of it).
+#[derive(Serialize)]
+struct EndView {
+    side: Side,
+    pod: String,
+    ifname: String,
+    /// The pod interface's addresses, as the topology gives them.
+    ips: Vec<String>,
+    host_ifname: String,
+    host_ifindex: u32,
+    /// The host veth's MTU, read from the kernel on this node.
+    mtu: Option<u32>,
+    node: String,
+    /// With etcd: whether the end's node has a live agent lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_alive: Option<bool>,
+    container_id: String,
+    /// What the frames this end sends go through.
+    impairment: crate::topology::Impairment,
+    packets: Option<u64>,
+    bytes: Option<u64>,
+    drops: Option<u64>,
+    /// Frames the configured loss dropped.
+    lost: Option<u64>,
+}
+
+pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
+    crate::dataplane::ensure_readable_bpffs(&settings.pin_root)?;
+    let mut store = crate::ends::open_store(settings).await?;
+    let store_is_etcd = store.is_etcd();
+    let mut tx = store.begin().await?;
+    let counters = Counters::open(&settings.pin_root)?;
+    let by_link = records::links_with_ends(&mut tx).await?;
+    let in_topology: std::collections::HashMap<String, crate::topology::Link> =
+        records::topology(&mut tx).await?.links.into_iter().map(|link| (link.id(), link)).collect();
+    let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
+    let cut = records::cut_links(&mut tx).await?;
+    drop(tx);
+    let host = crate::netlink::Netlink::host()?;
+    let mut views = Vec::with_capacity(by_link.len());
+    for (link, ends) in by_link {
+        // Ends of a link the topology dropped stay until their pods go;
+        // the link is not up for that.
+        let state = match (in_topology.contains_key(&link), cut.contains(&link)) {
+            (false, _) => "removed".to_owned(),
+            (true, true) => "cut".to_owned(),
+            (true, false) => pairing::state(&ends).to_string(),
+        };
+        let reason = reason(&state, in_topology.get(&link), &ends, alive.as_deref());
+        let mut end_views = Vec::new();
+        for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
+            let Some(end) = end else { continue };
+            // The ifindex is this node's only when the veth of that name is.
+            let veth = host.link_by_name(&end.host_ifname).await?.filter(|veth| veth.index == end.host_ifindex);
+            let (stats, lost) = match (&counters, &veth) {
+                (Some(counters), Some(_)) => {
+                    (Some(counters.get(end.host_ifindex)?.unwrap_or_default()), Some(counters.lost(end.host_ifindex)?))
+                }
+                (None, Some(_)) => (Some(Default::default()), Some(0)),
+                (_, None) => (None, None),
+            };
+            let ips = in_topology.get(&link).map(|l| l.end(side).ips.iter().map(|ip| ip.to_string()).collect());
+            end_views.push(EndView {
+                side,
+                pod: end.pod.to_string(),
+                ifname: end.ifname.to_string(),
+                ips: ips.unwrap_or_default(),
+                host_ifname: end.host_ifname,
+                host_ifindex: end.host_ifindex,
+                mtu: veth.map(|veth| veth.mtu),
+                node_alive: alive.as_ref().map(|alive| alive.contains(&end.node)),
+                node: end.node,
+                container_id: end.container_id,
+                impairment: end.impairment,
+                packets: stats.map(|s| s.packets),
+                bytes: stats.map(|s| s.bytes),
+                drops: stats.map(|s| s.drops),
+                lost,
+            });
+        }
+        views.push(LinkView { link, state, reason, ends: end_views });
+    }
+    let mut out = io::stdout().lock();
+    match output {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, &views)?;
+            writeln!(out)?;
+        }
+        Output::Yaml => write!(out, "{}", serde_norway::to_string(&views)?)?,
+        Output::Table | Output::Wide => print_table(&mut out, &views, output == Output::Wide)?,
+    }
+    Ok(())
+}
+
+/// Why a link in `state` is not up, or what threatens it: the pod whose ADD
+/// it waits for, a cut, a node without a live agent (`alive`: with etcd).
+fn reason(
+    state: &str,
+    link: Option<&crate::topology::Link>,
+    ends: &[Option<records::EndRecord>; 2],
+    alive: Option<&[String]>,
+) -> String {
+    let unattached: Vec<String> = [Side::A, Side::B]
+        .into_iter()
+        .filter(|side| ends[side.index()].is_none())
+        .filter_map(|side| link.map(|link| format!("{} {}", link.end(side).pod, link.end(side).ifname)))
+        .collect();
+    let dead_nodes: Vec<&str> = ends
+        .iter()
+        .flatten()
+        .map(|end| end.node.as_str())
+        .filter(|node| alive.is_some_and(|alive| !alive.iter().any(|a| a == node)))
+        .collect();
+    let mut why = match state {
+        "removed" => "not in the topology any more; its ends go with their pods".to_owned(),
+        "cut" => "cut with `ratchet link down`".to_owned(),
+        "waiting" | "down" => format!("no ADD has attached {}", unattached.join(" nor ")),
+        _ => String::new(),
+    };
+    if !dead_nodes.is_empty() {
+        let dead = format!("node {} has no live agent", dead_nodes.join(", "));
+        why = if why.is_empty() { dead } else { format!("{why}; {dead}") };
+    }
+    why
+}
+
+/// A counter as the table shows it: `-` for an end on another node.
+fn counter(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".into(), |value| value.to_string())
+}
+
+/// The table, one row per end (one for a link without ends); `wide` adds
+/// each end's ifindex, MTU and addresses, and each link's reason.
+fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Result<()> {
+    let mut header = vec![
+        "LINK",
+        "STATE",
+        "SIDE",
+        "POD",
+        "IFNAME",
+        "HOST IF",
+        "NODE",
+        "TX PACKETS",
+        "TX BYTES",
+        "DROPS",
+        "LOST",
+        "IMPAIRMENT",
+    ];
+    if wide {
+        header.extend(["IFINDEX", "MTU", "IPS", "REASON"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for view in views {
+        if view.ends.is_empty() {
+            let mut row = vec![String::new(); header.len()];
+            row[0] = view.link.clone();
+            row[1] = view.state.clone();
+            if wide {
+                row[header.len() - 1] = view.reason.clone();
+            }
+            rows.push(row);
+        }
+        for end in &view.ends {
+            let mut row = vec![
+                view.link.clone(),
+                view.state.clone(),
+                end.side.as_str().into(),
+                end.pod.clone(),
+                end.ifname.clone(),
+                end.host_ifname.clone(),
+                match end.node_alive {
+                    Some(false) => format!("{} (down)", end.node),
+                    _ => end.node.clone(),
+                },
+                counter(end.packets),
+                counter(end.bytes),
+                counter(end.drops),
+                counter(end.lost),
+                end.impairment.to_string(),
+            ];
+            if wide {
+                let ips = if end.ips.is_empty() { "-".to_owned() } else { end.ips.join(",") };
+                row.extend([end.host_ifindex.to_string(), counter(end.mtu.map(u64::from)), ips, view.reason.clone()]);
+            }
+            rows.push(row);
+        }
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
