@@ -106,6 +106,8 @@ pub struct LinkInfo {
     pub mtu: u32,
     /// Administratively up.
     pub up: bool,
+    /// The carrier is there (`LOWER_UP`): for a veth, its peer is up.
+    pub carrier: bool,
 }
 
 /// One end of a veth pair to create: the host end stays in the caller's
@@ -319,8 +321,9 @@ impl Netlink {
 }
 
 fn link_info(msg: LinkMessage) -> LinkInfo {
-    let mut info =
-        LinkInfo { index: msg.header.index, mac: None, mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
+    let flags = msg.header.flags;
+    let (up, carrier) = (flags.contains(LinkFlags::Up), flags.contains(LinkFlags::LowerUp));
+    let mut info = LinkInfo { index: msg.header.index, mac: None, mtu: 0, up, carrier };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::Address(bytes) => info.mac = bytes.try_into().ok().map(MacAddr),

@@ -233,3 +233,33 @@ fn the_views_say_why_a_link_is_not_up() {
     node.del(&alpha);
     node.del(&beta);
 }
+
+/// For an end on this node the view reads the pod interface itself: its
+/// MAC and state as the pod sees them, and the addresses it holds,
+/// including one the pod added on its own (as a router in a lab does).
+#[test]
+fn the_view_shows_each_pod_interface_as_the_kernel_has_it() {
+    let node = Node::new();
+    let (alpha, beta, l1) = applied_pair(&node);
+    node.add(&alpha);
+    node.add(&beta);
+    assert!(alpha.exec(&["ip", "address", "add", "192.0.2.1/32", "dev", "in1"]).status.success());
+    let end_a = |node: &Node| {
+        let links = node.links();
+        let link = links.into_iter().find(|link| link["link"] == l1.as_str()).unwrap();
+        link["ends"].as_array().unwrap().iter().find(|end| end["side"] == "a").unwrap().clone()
+    };
+    let a = end_a(&node);
+    assert_eq!(a["mac"], alpha.link("in1").unwrap()["address"], "{a}");
+    assert_eq!(a["pod_if"], "up");
+    assert_eq!(a["ips"], json!(["10.77.0.1/24", "192.0.2.1/32", "fd77::1/64"]), "the kernel's, link-local left out");
+    node.cli(&["link", "down", &l1]);
+    assert_eq!(end_a(&node)["pod_if"], "no-carrier", "a cut shows on the pod interface");
+    node.cli(&["link", "up", &l1]);
+    assert!(alpha.exec(&["ip", "link", "set", "in1", "down"]).status.success());
+    assert_eq!(end_a(&node)["pod_if"], "down", "the pod set it down");
+    let wide = node.cli(&["links", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("MAC") && wide.contains(a["mac"].as_str().unwrap()), "{wide}");
+    node.del(&alpha);
+    node.del(&beta);
+}

@@ -4,14 +4,16 @@
 
 use std::io::{self, Write};
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
     config::Settings,
     dataplane::Counters,
+    netlink::{Netlink, open_netns},
     pairing,
     store::{Store, records},
-    topology::Side,
+    topology::{MacAddr, Side},
 };
 
 /// `ratchet links -o`.
@@ -42,8 +44,15 @@ struct EndView {
     side: Side,
     pod: String,
     ifname: String,
-    /// The pod interface's addresses, as the topology gives them.
+    /// The pod interface's addresses: as the kernel has them for an end on
+    /// this node (those the pod added itself included, IPv6 link-local
+    /// left out), else as the topology gives them.
     ips: Vec<String>,
+    /// The pod interface's MAC, for an end on this node.
+    mac: Option<String>,
+    /// The pod interface: `up`, `no-carrier` (up, its host end down: a cut)
+    /// or `down` (the pod set it down), for an end on this node.
+    pod_if: Option<&'static str>,
     host_ifname: String,
     host_ifindex: u32,
     /// The host veth's MTU, read from the kernel on this node.
@@ -97,12 +106,19 @@ pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
                 (None, Some(_)) => (Some(Default::default()), Some(0)),
                 (_, None) => (None, None),
             };
-            let ips = in_topology.get(&link).map(|l| l.end(side).ips.iter().map(|ip| ip.to_string()).collect());
+            let pod_end = match veth {
+                Some(_) => pod_end(&end).await,
+                None => None,
+            };
+            let topology_ips = || in_topology.get(&link).map(|l| l.end(side).ips.clone()).unwrap_or_default();
+            let ips = pod_end.as_ref().map_or_else(topology_ips, |pod_end| pod_end.ips.clone());
             end_views.push(EndView {
                 side,
                 pod: end.pod.to_string(),
                 ifname: end.ifname.to_string(),
-                ips: ips.unwrap_or_default(),
+                ips: ips.iter().map(|ip| ip.to_string()).collect(),
+                mac: pod_end.as_ref().and_then(|pod_end| pod_end.mac.map(|mac| mac.to_string())),
+                pod_if: pod_end.as_ref().map(|pod_end| pod_end.state),
                 host_ifname: end.host_ifname,
                 host_ifindex: end.host_ifindex,
                 mtu: veth.map(|veth| veth.mtu),
@@ -128,6 +144,29 @@ pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
         Output::Table | Output::Wide => print_table(&mut out, &views, output == Output::Wide)?,
     }
     Ok(())
+}
+
+/// A pod interface as the kernel has it.
+struct PodEnd {
+    mac: Option<MacAddr>,
+    state: &'static str,
+    ips: Vec<IpNet>,
+}
+
+/// The pod interface of an end on this node; `None` when its pod's netns
+/// cannot be read (a pod gone before its DEL), which the view leaves out.
+async fn pod_end(end: &records::EndRecord) -> Option<PodEnd> {
+    let netns = open_netns(&end.netns).ok()?;
+    let in_pod = Netlink::in_netns(&netns, &end.netns).ok()?;
+    let link = in_pod.link_by_name(end.ifname.as_str()).await.ok()??;
+    let mut ips = in_pod.addresses(link.index).await.ok()?;
+    ips.retain(|ip| !matches!(ip, IpNet::V6(v6) if v6.addr().is_unicast_link_local()));
+    let state = match (link.up, link.carrier) {
+        (false, _) => "down",
+        (true, false) => "no-carrier",
+        (true, true) => "up",
+    };
+    Some(PodEnd { mac: link.mac, state, ips })
 }
 
 /// Why a link in `state` is not up, or what threatens it: the pod whose ADD
@@ -168,7 +207,8 @@ fn counter(value: Option<u64>) -> String {
 }
 
 /// The table, one row per end (one for a link without ends); `wide` adds
-/// each end's ifindex, MTU and addresses, and each link's reason.
+/// each end's host ifindex and MTU, its pod interface's MAC, state and
+/// addresses, and each link's reason.
 fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Result<()> {
     let mut header = vec![
         "LINK",
@@ -185,7 +225,7 @@ fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Resu
         "IMPAIRMENT",
     ];
     if wide {
-        header.extend(["IFINDEX", "MTU", "IPS", "REASON"]);
+        header.extend(["IFINDEX", "MTU", "MAC", "POD IF", "IPS", "REASON"]);
     }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for view in views {
@@ -218,7 +258,14 @@ fn print_table(out: &mut impl Write, views: &[LinkView], wide: bool) -> io::Resu
             ];
             if wide {
                 let ips = if end.ips.is_empty() { "-".to_owned() } else { end.ips.join(",") };
-                row.extend([end.host_ifindex.to_string(), counter(end.mtu.map(u64::from)), ips, view.reason.clone()]);
+                row.extend([
+                    end.host_ifindex.to_string(),
+                    counter(end.mtu.map(u64::from)),
+                    end.mac.clone().unwrap_or_else(|| "-".into()),
+                    end.pod_if.unwrap_or("-").into(),
+                    ips,
+                    view.reason.clone(),
+                ]);
             }
             rows.push(row);
         }
