@@ -44,6 +44,28 @@ pub const PEER_REMOTE: u16 = 1;
 /// [`Peer::loss`] that drops every frame: the loss is `loss / LOSS_SCALE`.
 pub const LOSS_SCALE: u16 = u16::MAX;
 
+/// What became of a frame, as `ratchet trace` records give it (`verdict=`):
+/// numbers, as strings picked at run time trip the verifier.
+pub mod verdict {
+    /// Redirected into the peer pod.
+    pub const PEER: u32 = 0;
+    /// Sent into the tunnel, to the peer's node.
+    pub const TUNNEL: u32 = 1;
+    /// Dropped by the link's configured loss.
+    pub const LOST: u32 = 2;
+    /// Dropped: the end has no peer entry (its peer is not wired).
+    pub const NO_PEER: u32 = 3;
+    /// From the tunnel, dropped: no link of this node has the VNI.
+    pub const UNKNOWN_VNI: u32 = 4;
+    /// From the tunnel, dropped: not from the node of the link's peer.
+    pub const WRONG_NODE: u32 = 5;
+}
+
+/// Where a traced frame was seen (`hook=`): a host veth's ingress...
+pub const HOOK_END: u32 = 0;
+/// ...or the VXLAN device's.
+pub const HOOK_TUNNEL: u32 = 1;
+
 /// Where frames entering a host veth are sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

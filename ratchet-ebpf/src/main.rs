@@ -21,7 +21,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use ratchet_common::{EndStats, LOSS_SCALE, MAX_ENDS, PEER_REMOTE, Peer, Switches, VniEnd};
+use ratchet_common::{
+    EndStats, HOOK_END, HOOK_TUNNEL, LOSS_SCALE, MAX_ENDS, PEER_REMOTE, Peer, Switches, VniEnd, verdict,
+};
 
 #[btf_map]
 static RATCHET_PEERS: HashMap<u32, Peer, { MAX_ENDS as usize }> = HashMap::new();
@@ -54,12 +56,19 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
     // SAFETY: the entry is only read here, and user space replaces it whole.
     let peer = unsafe { RATCHET_PEERS.get(ifindex) }.copied();
     let stats = RATCHET_STATS.get_ptr_mut(ifindex);
-    // SAFETY: a plain read of a word user space may change at any time.
-    if unsafe { core::ptr::read_volatile(&raw const SWITCHES.trace) } != 0 {
-        info!(&ctx, "ifindex {} len {} -> peer {}", ifindex, ctx.len(), peer.map_or(0, |p| p.ifindex));
+    let lost = matches!(peer, Some(peer) if peer.loss != 0 && is_lost(peer.loss));
+    if tracing() {
+        let verdict = match peer {
+            None => verdict::NO_PEER,
+            Some(_) if lost => verdict::LOST,
+            Some(peer) if peer.flags & PEER_REMOTE != 0 => verdict::TUNNEL,
+            Some(_) => verdict::PEER,
+        };
+        let (to, vni) = peer.map_or((0, 0), |peer| (peer.ifindex, peer.vni));
+        trace_frame(&ctx, &Traced { hook: HOOK_END, ifindex, vni, node: 0, verdict, to });
     }
     match peer {
-        Some(peer) if peer.loss != 0 && is_lost(peer.loss) => {
+        Some(_) if lost => {
             count_lost(ifindex);
             TC_ACT_SHOT
         }
@@ -84,6 +93,103 @@ pub fn ratchet_to_peer(ctx: TcContext) -> i32 {
             }
             TC_ACT_SHOT
         }
+    }
+}
+
+/// Whether `ratchet trace` is on.
+#[inline(always)]
+fn tracing() -> bool {
+    // SAFETY: a plain read of a word user space may change at any time.
+    unsafe { core::ptr::read_volatile(&raw const SWITCHES.trace) != 0 }
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// What `ratchet trace` is told of a frame, besides its L3 header. One
+/// struct, as a BPF call takes at most five registers of arguments.
+struct Traced {
+    /// [`HOOK_END`] or [`HOOK_TUNNEL`].
+    hook: u32,
+    /// The host veth it entered by (`end`); 0 for `tunnel`.
+    ifindex: u32,
+    vni: u32,
+    /// The node it came from (`tunnel`), host order; 0 for `end`.
+    node: u32,
+    /// One of [`verdict`].
+    verdict: u32,
+    /// The interface it goes to (a pod's host veth, or the VXLAN device).
+    to: u32,
+}
+
+/// Logs a traced frame as one record of `key=value` fields, which `ratchet
+/// trace` reads back and names: one record, so frames traced on two CPUs
+/// at once cannot interleave.
+#[inline(never)]
+fn trace_frame(ctx: &TcContext, t: &Traced) {
+    let ethertype = ctx.load::<u16>(12).map_or(0, u16::from_be);
+    let len = ctx.len();
+    match ethertype {
+        ETH_P_IP => {
+            let (src, dst) = (ctx.load::<u32>(26).map_or(0, u32::from_be), ctx.load::<u32>(30).map_or(0, u32::from_be));
+            let proto = ctx.load::<u8>(23).unwrap_or(0);
+            info!(
+                ctx,
+                "hook={} if={} vni={} node={:i} len={} verdict={} to={} l3=ipv4 src={:i} dst={:i} proto={}",
+                t.hook,
+                t.ifindex,
+                t.vni,
+                t.node,
+                len,
+                t.verdict,
+                t.to,
+                src,
+                dst,
+                proto
+            );
+        }
+        ETH_P_IPV6 => {
+            let (src, dst) = (ctx.load::<[u8; 16]>(22).unwrap_or([0; 16]), ctx.load::<[u8; 16]>(38).unwrap_or([0; 16]));
+            let next = ctx.load::<u8>(20).unwrap_or(0);
+            info!(
+                ctx,
+                "hook={} if={} vni={} node={:i} len={} verdict={} to={} l3=ipv6 src={:i} dst={:i} proto={}",
+                t.hook,
+                t.ifindex,
+                t.vni,
+                t.node,
+                len,
+                t.verdict,
+                t.to,
+                src,
+                dst,
+                next
+            );
+        }
+        ETH_P_ARP => info!(
+            ctx,
+            "hook={} if={} vni={} node={:i} len={} verdict={} to={} l3=arp",
+            t.hook,
+            t.ifindex,
+            t.vni,
+            t.node,
+            len,
+            t.verdict,
+            t.to
+        ),
+        other => info!(
+            ctx,
+            "hook={} if={} vni={} node={:i} len={} verdict={} to={} l3={:x}",
+            t.hook,
+            t.ifindex,
+            t.vni,
+            t.node,
+            len,
+            t.verdict,
+            t.to,
+            other
+        ),
     }
 }
 
@@ -138,12 +244,22 @@ pub fn ratchet_from_vx(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     // SAFETY: the entry is only read here.
-    let Some(local) = (unsafe { RATCHET_VNIS.get(key.tunnel_id) }).copied() else {
+    let local = unsafe { RATCHET_VNIS.get(key.tunnel_id) };
+    // SAFETY: the union member the helper filled for an IPv4 tunnel.
+    let from = unsafe { key.__bindgen_anon_1.remote_ipv4 };
+    if tracing() {
+        let (verdict, to) = match local {
+            None => (verdict::UNKNOWN_VNI, 0),
+            Some(local) if local.remote_ipv4 != from => (verdict::WRONG_NODE, local.ifindex),
+            Some(local) => (verdict::PEER, local.ifindex),
+        };
+        trace_frame(&ctx, &Traced { hook: HOOK_TUNNEL, ifindex: 0, vni: key.tunnel_id, node: from, verdict, to });
+    }
+    let Some(local) = local else {
         return TC_ACT_SHOT;
     };
     // VXLAN is unauthenticated: only the peer's node may send into this link.
-    // SAFETY: the union member the helper filled for an IPv4 tunnel.
-    if unsafe { key.__bindgen_anon_1.remote_ipv4 } != local.remote_ipv4 {
+    if local.remote_ipv4 != from {
         return TC_ACT_SHOT;
     }
     // The VXLAN device's MAC is not the pod's, so a unicast frame was marked

@@ -25,6 +25,10 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use self::status::{Snapshot, Status};
+
+/// How often the agent looks for a trace switch a killed `ratchet trace`
+/// left on: rarely, as tracing only costs while someone is debugging.
+const TRACE_CHECK: Duration = Duration::from_secs(5);
 use crate::{
     config::Settings,
     dataplane::Dataplane,
@@ -155,10 +159,15 @@ impl<'a> Agent<'a> {
         // With etcd, every change starts a round at once; the tick stays as
         // the floor (and is all there is with the embedded store).
         let mut changes = self.store.watch().await?;
+        let mut trace_check = tokio::time::interval(TRACE_CHECK);
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
+                _ = trace_check.tick() => {
+                    self.reset_killed_trace();
+                    continue;
+                }
                 changed = next_change(&mut changes) => {
                     if let Err(error) = changed {
                         warn!(%error, "etcd watch ended; polling until it is back");
@@ -174,6 +183,18 @@ impl<'a> Agent<'a> {
                 Ok(_) => {}
                 Err(error) => warn!(%error, "round failed; retrying"),
             }
+        }
+    }
+
+    /// Turns per-frame tracing off when a killed `ratchet trace` left it on.
+    fn reset_killed_trace(&self) {
+        let (state_dir, pin_root) = (&self.settings.state_dir, &self.settings.pin_root);
+        let reset = Dataplane::open(pin_root)
+            .and_then(|dataplane| dataplane.map_or(Ok(false), |d| crate::trace::reset_if_left_on(state_dir, &d)));
+        match reset {
+            Ok(true) => warn!("a killed `ratchet trace` had left per-frame tracing on; turned it off"),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "could not read the trace switch"),
         }
     }
 

@@ -134,6 +134,14 @@ pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
         }
         views.push(LinkView { link, state, reason, ends: end_views });
     }
+    if let Some(counters) = &counters
+        && crate::trace::left_on(&settings.state_dir, counters.switches()?)
+    {
+        eprintln!(
+            "warning: per-frame tracing is on and no `ratchet trace` runs (one was killed): every frame on this \
+             node is logged until the agent or the next `ratchet trace` turns it off"
+        );
+    }
     let mut out = io::stdout().lock();
     match output {
         Output::Json => {

@@ -76,8 +76,16 @@ enum Command {
         #[arg(long, conflicts_with = "output")]
         json: bool,
     },
-    /// Print every frame the datapath moves (through aya-log) until Ctrl-C.
-    Trace,
+    /// Print every frame the datapath moves on this node, named by link,
+    /// side and pods, with its L3 header and what became of it, until
+    /// Ctrl-C, SIGTERM or SIGHUP. Per-frame logging is the node's switch,
+    /// on only while a trace runs (the agent turns off one a killed trace
+    /// left on).
+    Trace {
+        /// Only this link's frames (repeatable).
+        #[arg(long = "link", value_name = "LINK")]
+        links: Vec<String>,
+    },
     /// Copy this binary into a CNI bin dir and write a conflist naming it
     /// (idempotent). The plugin entry gets --state-dir, --pin-root and the
     /// etcd flags given here, plus the flags below.
@@ -304,7 +312,7 @@ pub fn run() -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Install { .. } | Command::Uninstall { .. }) {
         crate::keep_files_private();
     }
-    if !matches!(cli.command, Command::Agent { .. } | Command::Trace) {
+    if !matches!(cli.command, Command::Agent { .. } | Command::Trace { .. }) {
         exit_after(crate::config::DEFAULT_VERB_TIMEOUT);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -319,7 +327,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Links { output, json } => {
             runtime.block_on(links::run(&settings, if json { Output::Json } else { output }))
         }
-        Command::Trace => crate::trace::run(&settings.pin_root),
+        Command::Trace { links } => runtime.block_on(crate::trace::run(&settings, &links)),
         Command::Install { paths, network, node, delegate, boot_network, topology } => {
             let files = PluginFiles { delegate, boot_network, topology };
             install(&settings, paths, network, node, files)

@@ -511,6 +511,12 @@ impl Dataplane {
         sum_stats(&self.stats, ifindex)
     }
 
+    /// The run-time switches, as the programs read them.
+    pub fn switches(&self) -> Result<Switches, DataplaneError> {
+        let map: Array<MapData, Switches> = open_map(&self.root, PIN_SWITCHES)?;
+        map.get(&0, 0).map_err(|source| DataplaneError::Map { what: format!("read {MAP_SWITCHES}"), source })
+    }
+
     /// Sets the run-time switches every attached copy of the program reads.
     pub fn set_switches(&self, switches: Switches) -> Result<(), DataplaneError> {
         let mut map: Array<MapData, Switches> = open_map(&self.root, PIN_SWITCHES)?;
@@ -555,6 +561,7 @@ pub struct Counters {
     stats: PerCpuHashMap<MapData, u32, EndStats>,
     /// `None` under layout 1's pins, until an upgrade rebuilds them.
     lost: Option<PerCpuHashMap<MapData, u32, u64>>,
+    switches: Array<MapData, Switches>,
 }
 
 impl Counters {
@@ -566,7 +573,8 @@ impl Counters {
         }
         let lost = root.join(PIN_LOST);
         let lost = lost.exists().then(|| open_read_only(&lost)).transpose()?;
-        Ok(Some(Self { stats: open_read_only(&path)?, lost }))
+        let switches = open_read_only(&root.join(PIN_SWITCHES))?;
+        Ok(Some(Self { stats: open_read_only(&path)?, lost, switches }))
     }
 
     /// A host veth's counters, summed over CPUs; `None` when not tracked.
@@ -582,6 +590,11 @@ impl Counters {
             Err(MapError::KeyNotFound) => Ok(0),
             Err(source) => Err(DataplaneError::Map { what: format!("read {MAP_LOST}[{ifindex}]"), source }),
         }
+    }
+
+    /// The run-time switches, as the programs read them.
+    pub fn switches(&self) -> Result<Switches, DataplaneError> {
+        self.switches.get(&0, 0).map_err(|source| DataplaneError::Map { what: format!("read {MAP_SWITCHES}"), source })
     }
 
     /// How many host veths have counters.
