@@ -155,6 +155,7 @@ mod tests {
             vni: Some(7),
             pin_root: None,
             impairment: Default::default(),
+            added_live: false,
         })
     }
 

@@ -59,7 +59,7 @@ fn on_a_single_node_apply_changes_running_pods_without_an_agent() {
     let (l1, l2) = (unique("lk"), unique("lk"));
     let first = link(&l1, end(&alpha, "in1", &["10.87.1.1/24"]), end(&beta, "in1", &["10.87.1.2/24"]));
     node.apply(&json!({"links": [first.clone()]}));
-    node.add(&alpha);
+    let alpha_cached = node.add(&alpha);
     node.add(&beta);
     let apply = |topology: Value| {
         let file = node.state_dir.path().join(unique("topology-"));
@@ -72,6 +72,12 @@ fn on_a_single_node_apply_changes_running_pods_without_an_agent() {
     assert!(said.contains("running pods brought in line"), "{said}");
     assert!(alpha.link("in2").is_some() && beta.link("in2").is_some(), "the new link's ends are there at once");
     assert!(alpha.ping("10.87.2.2"), "and carry traffic");
+    // The runtime's cached result is from alpha's ADD: it lists in1 only.
+    // CHECK verifies in2 in the kernel and the maps, not in that result.
+    node.check(&alpha, &node.config(), &alpha_cached).assert_silent_success("CHECK after a live change");
+    assert!(alpha.exec(&["ip", "link", "set", "in2", "down"]).status.success());
+    node.check(&alpha, &node.config(), &alpha_cached).assert_error(105, &["pod end in2", "down"]);
+    assert!(alpha.exec(&["ip", "link", "set", "in2", "up"]).status.success());
 
     apply(json!({"links": [second]}));
     assert!(alpha.link("in1").is_none() && beta.link("in1").is_none(), "the dropped link's ends are gone at once");

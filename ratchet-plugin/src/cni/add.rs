@@ -74,6 +74,7 @@ async fn attach(
         netns_path: &env.netns,
         netns,
         claims_cni_ifname: alone,
+        live: false,
     };
     let attached = ends::attach_pod(tx, &config.settings, &sandbox, links).await?;
     Ok(result(&attached, &env.netns))

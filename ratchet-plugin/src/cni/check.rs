@@ -27,9 +27,16 @@ pub async fn cmd_check(config: &Config, env: &CniEnv) -> Result<(), CniError> {
     Ok(())
 }
 
-/// The runtime's cached result must list the pod end and its addresses.
+/// The runtime's cached result must list the pod end and its addresses,
+/// unless a topology change added the end after the ADD that result came
+/// from: the runtime never hears of such an end (CNI has no verb to tell
+/// it), so CHECK verifies it in the kernel and the maps like the others and
+/// does not look for it in `prevResult`.
 fn check_prev_result(config: &Config, end: &Inspected) -> Result<(), CniError> {
     let Some(prev) = &config.netconf.prev_result else { return Ok(()) };
+    if end.record.added_live {
+        return Ok(());
+    }
     let name = end.record.ifname.as_str();
     let drift = |what: String| CniError::CheckDrift(format!("prevResult: {what}"));
     let position = prev

@@ -46,6 +46,9 @@ pub struct Sandbox<'a> {
     /// in the pod too (behind a boot network or a chain, an earlier plugin
     /// made it).
     pub claims_cni_ifname: bool,
+    /// A topology change adds the ends to the running sandbox, not its ADD:
+    /// the runtime's cached result will not list them.
+    pub live: bool,
 }
 
 /// One end as attached: what the runtime's result lists.
@@ -135,6 +138,7 @@ impl<'a> Ends<'a> {
             netns_path: &sandbox.netns,
             netns: &netns,
             claims_cni_ifname: false,
+            live: true,
         };
         let mut attach = Attach::new(self, &sandbox)?;
         let planned = super::plan::end(attach.ends.settings, link, side);
@@ -211,6 +215,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
             vni: records::link_vni(tx, &end.link_id).await?,
             pin_root: Some(self.ends.settings.pin_root.clone()),
             impairment,
+            added_live: self.sandbox.live,
         };
         self.wire(tx, end, record).await?;
         failpoint!("add::wired");

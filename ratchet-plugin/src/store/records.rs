@@ -73,6 +73,10 @@ pub struct EndRecord {
     /// the end's forwarding entry, the rest in a qdisc on the pod end.
     #[serde(default, skip_serializing_if = "Impairment::is_none")]
     pub impairment: Impairment,
+    /// A topology change made this end in its running pod, after the pod's
+    /// ADD: the runtime's cached result (CHECK's `prevResult`) predates it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added_live: bool,
 }
 
 /// A pod's sandbox that ratchet gave links to: where the agent adds or
