@@ -145,3 +145,49 @@ fn lab_mistakes_are_refused_naming_the_link_and_the_field() {
         assert_eq!(node.cli(&["topology", "show"]), before, "{mistake}: nothing applied");
     }
 }
+
+/// A meshnet lab as KNE writes one: three routers in a ring, each a
+/// Topology object with its two links (each link written once per side
+/// under one uid). Applied as it is, the pods ADDed, every link carries
+/// traffic with the addresses the objects give.
+#[test]
+fn a_meshnet_three_router_ring_comes_up() {
+    let node = Node::new();
+    let ns = unique("ring");
+    // uid, the two routers, their interfaces and the /30 between them.
+    let links =
+        [(1, "r1", "eth1", "r2", "eth2", 12), (2, "r2", "eth1", "r3", "eth2", 23), (3, "r3", "eth1", "r1", "eth2", 31)];
+    let router = |name: &str| {
+        let mine = links.iter().filter_map(|&(uid, a, a_if, b, b_if, net)| {
+            let (ip, peer_ip) = (format!("10.{net}.0.1/30"), format!("10.{net}.0.2/30"));
+            match name {
+                _ if name == a => Some(json!({"uid": uid, "peer_pod": b, "local_intf": a_if, "peer_intf": b_if,
+                    "local_ip": ip, "peer_ip": peer_ip})),
+                _ if name == b => Some(json!({"uid": uid, "peer_pod": a, "local_intf": b_if, "peer_intf": a_if,
+                    "local_ip": peer_ip, "peer_ip": ip})),
+                _ => None,
+            }
+        });
+        json!({"apiVersion": "networkop.co.uk/v1beta1", "kind": "Topology",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"links": mine.collect::<Vec<_>>()}})
+    };
+    let documents: Vec<String> =
+        ["r1", "r2", "r3"].iter().map(|name| serde_yaml::to_string(&router(name)).unwrap()).collect();
+    let out = ratchet(&node, &["topology", "apply", &write(&node, &documents.join("---\n"))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_str(&node.cli(&["topology", "show"])).unwrap();
+    assert_eq!(shown["links"].as_array().unwrap().len(), 3, "one link per uid: {shown}");
+
+    let pods = ["r1", "r2", "r3"].map(|name| Pod::new(&ns, name));
+    for pod in &pods {
+        node.add(pod);
+    }
+    for &(_, a, _, b, b_if, net) in &links {
+        let from = pods.iter().find(|pod| pod.name == a).unwrap();
+        assert!(from.ping(&format!("10.{net}.0.2")), "{a} reaches {b} over its {b_if}");
+    }
+    assert!(node.links().iter().all(|link| link["state"] == "up"), "{:?}", node.links());
+    for pod in &pods {
+        node.del(pod);
+    }
+}
