@@ -125,7 +125,8 @@ struct Traced {
 
 /// Logs a traced frame as one record of `key=value` fields, which `ratchet
 /// trace` reads back and names: one record, so frames traced on two CPUs
-/// at once cannot interleave.
+/// at once cannot interleave. The common fields are spelled out in each
+/// arm: aya-log takes its format as one string literal.
 #[inline(never)]
 fn trace_frame(ctx: &TcContext, t: &Traced) {
     let ethertype = ctx.load::<u16>(12).map_or(0, u16::from_be);

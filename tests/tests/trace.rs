@@ -28,13 +28,23 @@ fn tracing_on(node: &Node) -> bool {
         || entries[0]["formatted"]["value"]["trace"].as_u64().is_some_and(|t| t != 0)
 }
 
+/// The CLI on the node's store and pins, with `args`.
+fn ratchet(node: &Node, args: &[&str]) -> Command {
+    let mut command = Command::new(ratchet_bin());
+    command.args([
+        "--state-dir",
+        node.state_dir.path().to_str().unwrap(),
+        "--pin-root",
+        node.pin_root.to_str().unwrap(),
+    ]);
+    command.args(args);
+    command
+}
+
 /// `ratchet trace` on the node's store and pins, with `args`, its output
 /// piped; running once the switch is on.
 fn start_trace(node: &Node, args: &[&str]) -> Child {
-    let paths = ["--state-dir", node.state_dir.path().to_str().unwrap(), "--pin-root", node.pin_root.to_str().unwrap()];
-    let trace = Command::new(ratchet_bin())
-        .args(paths)
-        .arg("trace")
+    let trace = ratchet(node, &["trace"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,11 +123,7 @@ fn frames_are_named_by_link_side_and_pods_and_filtered_by_link() {
     assert!(!lines.contains(&other) && !lines.contains("10.87."), "the filter leaves the other link out: {lines}");
     assert!(!tracing_on(&node));
 
-    let unknown = Command::new(ratchet_bin())
-        .args(["--state-dir", node.state_dir.path().to_str().unwrap(), "--pin-root", node.pin_root.to_str().unwrap()])
-        .args(["trace", "--link", "no-such-link"])
-        .output()
-        .unwrap();
+    let unknown = ratchet(&node, &["trace", "--link", "no-such-link"]).output().unwrap();
     assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no link no-such-link"));
     assert!(!tracing_on(&node), "a refused trace leaves the switch alone");
     for pod in [&alpha, &beta, &gamma, &delta] {
@@ -130,20 +136,14 @@ fn a_killed_trace_is_reported_and_undone_by_the_next_trace_or_the_agent() {
     let node = Node::new();
     let (alpha, beta, _link) = linked_pair(&node, 88);
     let warned = |node: &Node| {
-        let paths =
-            ["--state-dir", node.state_dir.path().to_str().unwrap(), "--pin-root", node.pin_root.to_str().unwrap()];
-        let out = Command::new(ratchet_bin()).args(paths).arg("links").output().unwrap();
+        let out = ratchet(node, &["links"]).output().unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stderr).contains("per-frame tracing is on and no `ratchet trace` runs")
     };
 
     let running = start_trace(&node, &[]);
     assert!(!warned(&node), "a running trace is no reason to warn");
-    let second = Command::new(ratchet_bin())
-        .args(["--state-dir", node.state_dir.path().to_str().unwrap(), "--pin-root", node.pin_root.to_str().unwrap()])
-        .arg("trace")
-        .output()
-        .unwrap();
+    let second = ratchet(&node, &["trace"]).output().unwrap();
     assert!(!second.status.success(), "one trace at a time");
     assert!(String::from_utf8_lossy(&second.stderr).contains("another `ratchet trace` runs"));
     stop_trace(running, Signal::SIGKILL);
