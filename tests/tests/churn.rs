@@ -93,7 +93,8 @@ fn a_hundred_pods_churned_leave_nothing_and_the_agent_stays_flat() {
         .collect();
     assert!(left.is_empty(), "veths left: {left:?}");
     assert!(pods.iter().all(|pod| pod.link_gone("in1")), "a pod end was left");
-    assert!(node.map_keys("peers").is_empty() && node.map_keys("stats").is_empty(), "map entries left");
+    let maps = ["peers", "stats", "lost"];
+    assert!(maps.iter().all(|map| node.map_keys(map).is_empty()), "map entries left");
     for prefix in ["/ratchet/ends/", "/ratchet/containers/", "/ratchet/sandboxes/"] {
         assert!(node.store_keys(prefix).is_empty(), "records left under {prefix}: {:?}", node.store_keys(prefix));
     }
@@ -103,7 +104,7 @@ fn a_hundred_pods_churned_leave_nothing_and_the_agent_stays_flat() {
         .collect();
     assert!(!pins.iter().any(|pin| pin == "links"), "no tcx link pins in clsact mode: {pins:?}");
     let markers = pins.iter().filter(|pin| pin.starts_with("layout-") || pin.starts_with("build-")).count();
-    assert_eq!((pins.len(), markers), (8, 2), "the two programs, four maps and two markers, nothing else: {pins:?}");
+    assert_eq!((pins.len(), markers), (9, 2), "the two programs, five maps and two markers, nothing else: {pins:?}");
     // A round in flight holds a netlink socket or a netns for a moment:
     // flat means back to where it was once the agent is idle.
     let settled = fds_after == fds_before || ratchet_tests::eventually(|| agent.fds() == fds_before);
