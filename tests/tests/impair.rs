@@ -300,3 +300,22 @@ fn the_far_nodes_agent_applies_an_impairment_set_elsewhere() {
     assert!(rig.cni(0, "DEL", &alpha).success);
     assert!(rig.cni(1, "DEL", &beta).success);
 }
+
+#[test]
+fn a_link_that_leaves_the_topology_takes_its_live_settings_along() {
+    let node = Node::new();
+    let (alpha, beta, link) = two_pods_linked(&node, 99, json!({}));
+    let topology: Value = serde_json::from_str(&node.cli(&["topology", "show"])).unwrap();
+    node.cli(&["link", "set", &link, "--side", "a", "--loss", "100%"]);
+    node.cli(&["link", "down", &link]);
+    let settings = |node: &Node| [node.store_keys("/ratchet/impaired/"), node.store_keys("/ratchet/cut/")].concat();
+    assert_eq!(settings(&node).len(), 2, "{:?}", settings(&node));
+    node.apply(&json!({"links": []}));
+    assert!(settings(&node).is_empty(), "{:?}", settings(&node));
+    node.apply(&topology);
+    node.add(&alpha);
+    node.add(&beta);
+    assert!(pings(&alpha, "10.99.0.2"), "the link came back whole: neither cut nor lossy");
+    node.del(&alpha);
+    node.del(&beta);
+}

@@ -263,3 +263,35 @@ fn the_view_shows_each_pod_interface_as_the_kernel_has_it() {
     node.del(&alpha);
     node.del(&beta);
 }
+
+/// A waiting link says why its peer is missing when the peer's ADD failed:
+/// the error that ADD answered, and on which node; the next ADD that
+/// attaches the end clears it.
+#[test]
+fn a_waiting_link_says_its_peers_add_failed_and_why() {
+    let node = Node::new();
+    let (alpha, beta, l1) = applied_pair(&node);
+    node.add(&alpha);
+    // Something of the pod's own already holds the interface name.
+    assert!(beta.exec(&["ip", "link", "add", "in2", "type", "veth", "peer", "name", "x2"]).status.success());
+    let reply = node.call_pod("ADD", &beta, &node.config());
+    assert!(!reply.success, "the ADD fails: {}", reply.stdout);
+    let reason = |node: &Node| {
+        let links = node.links();
+        let link = links.into_iter().find(|link| link["link"] == l1.as_str()).unwrap();
+        (link["state"].as_str().unwrap().to_owned(), link["reason"].as_str().unwrap_or_default().to_owned())
+    };
+    let (state, why) = reason(&node);
+    assert_eq!(state, "waiting");
+    assert!(
+        why.starts_with("no ADD has attached default/beta in2 (its last ADD, on node node-1, failed: ")
+            && why.contains("in2"),
+        "{why}"
+    );
+    assert!(beta.exec(&["ip", "link", "del", "in2"]).status.success());
+    node.add(&beta);
+    assert_eq!(reason(&node), ("up".into(), String::new()), "the attach cleared it");
+    assert!(node.store_keys("/ratchet/failed/").is_empty());
+    node.del(&alpha);
+    node.del(&beta);
+}

@@ -2,7 +2,10 @@
 //! can say about each: counters, the pod interface as the kernel has it,
 //! and why a link is not up.
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -82,6 +85,7 @@ pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
         records::topology(&mut tx).await?.links.into_iter().map(|link| (link.id(), link)).collect();
     let alive = if store_is_etcd { Some(records::alive_nodes(&mut tx).await?) } else { None };
     let cut = records::cut_links(&mut tx).await?;
+    let failed = records::failed_adds(&mut tx).await?;
     drop(tx);
     let host = crate::netlink::Netlink::host()?;
     let mut views = Vec::with_capacity(by_link.len());
@@ -93,7 +97,8 @@ pub async fn run(settings: &Settings, output: Output) -> anyhow::Result<()> {
             (true, true) => "cut".to_owned(),
             (true, false) => pairing::state(&ends).to_string(),
         };
-        let reason = reason(&state, in_topology.get(&link), &ends, alive.as_deref());
+        let unattached = unattached(&link, in_topology.get(&link), &ends, &failed);
+        let reason = reason(&state, &unattached, &ends, alive.as_deref());
         let mut end_views = Vec::new();
         for (side, end) in [Side::A, Side::B].into_iter().zip(ends) {
             let Some(end) = end else { continue };
@@ -177,19 +182,36 @@ async fn pod_end(end: &records::EndRecord) -> Option<PodEnd> {
     Some(PodEnd { mac: link.mac, state, ips })
 }
 
+/// The ends of `link` no ADD has attached, each with why its last ADD
+/// failed when one did.
+fn unattached(
+    id: &str,
+    link: Option<&crate::topology::Link>,
+    ends: &[Option<records::EndRecord>; 2],
+    failed: &BTreeMap<(String, Side), records::FailedAdd>,
+) -> Vec<String> {
+    let Some(link) = link else { return Vec::new() };
+    let sides = [Side::A, Side::B].into_iter().filter(|side| ends[side.index()].is_none());
+    sides
+        .map(|side| {
+            let end = format!("{} {}", link.end(side).pod, link.end(side).ifname);
+            match failed.get(&(id.to_owned(), side)) {
+                Some(failed) => format!("{end} (its last ADD, on node {}, failed: {})", failed.node, failed.error),
+                None => end,
+            }
+        })
+        .collect()
+}
+
 /// Why a link in `state` is not up, or what threatens it: the pod whose ADD
-/// it waits for, a cut, a node without a live agent (`alive`: with etcd).
+/// it waits for (`unattached`), a cut, a node without a live agent (`alive`:
+/// with etcd).
 fn reason(
     state: &str,
-    link: Option<&crate::topology::Link>,
+    unattached: &[String],
     ends: &[Option<records::EndRecord>; 2],
     alive: Option<&[String]>,
 ) -> String {
-    let unattached: Vec<String> = [Side::A, Side::B]
-        .into_iter()
-        .filter(|side| ends[side.index()].is_none())
-        .filter_map(|side| link.map(|link| format!("{} {}", link.end(side).pod, link.end(side).ifname)))
-        .collect();
     let dead_nodes: Vec<&str> = ends
         .iter()
         .flatten()

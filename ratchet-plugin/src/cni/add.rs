@@ -7,7 +7,10 @@ use rscni_types::types::{CNIResult, Interface, IpConfig};
 use super::{chain, env::CniEnv, error::CniError, request::Config};
 use crate::{
     ends::{self, AttachedEnd, Sandbox},
-    store::{Store, Transaction},
+    store::{
+        Store, Transaction,
+        records::{self, FailedAdd},
+    },
     topology::{Link, MacAddr, PodRef},
 };
 
@@ -27,7 +30,8 @@ pub async fn cmd_add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniErro
     let netns = env.open_netns()?;
     let Some(boot) = chain::delegate(config, chain::Role::BootNetwork)? else {
         let base = config.netconf.prev_result.clone();
-        let ours = attach(tx, config, env, (pod, &netns), &links, base.is_none()).await?;
+        let attached = attach(tx, config, env, (pod, &netns), &links, base.is_none()).await;
+        let ours = record_failure(&mut store, settings, pod, &links, attached).await?;
         return Ok(chain::merge(base.unwrap_or_default(), ours));
     };
     tx.commit().await?;
@@ -35,7 +39,8 @@ pub async fn cmd_add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniErro
     let attached = async {
         let mut tx = store.begin().await?;
         let links = ends::links_of_pod(&mut tx, settings, pod).await?;
-        attach(tx, config, env, (pod, &netns), &links, false).await
+        let attached = attach(tx, config, env, (pod, &netns), &links, false).await;
+        record_failure(&mut store, settings, pod, &links, attached).await
     };
     match attached.await {
         Ok(ours) => Ok(chain::merge(base, ours)),
@@ -44,6 +49,34 @@ pub async fn cmd_add(config: &Config, env: &CniEnv) -> Result<CNIResult, CniErro
             Err(error)
         }
     }
+}
+
+/// Passes `attached` through; when it failed, first records the failure
+/// against each of the pod's ends (best effort: the ADD's own error is what
+/// the runtime gets), so that `ratchet links` can say why a link waits.
+async fn record_failure<T>(
+    store: &mut impl Store,
+    settings: &crate::config::Settings,
+    pod: &PodRef,
+    links: &[Link],
+    attached: Result<T, CniError>,
+) -> Result<T, CniError> {
+    let Err(error) = &attached else { return attached };
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let failed = FailedAdd { node: settings.node(), error: error.to_string(), at };
+    let recorded = async {
+        let mut tx = store.begin().await?;
+        for link in links {
+            for side in link.sides_of(pod) {
+                records::put_failed_add(&mut tx, &link.id(), side, &failed).await?;
+            }
+        }
+        tx.commit().await
+    };
+    if let Err(store_error) = recorded.await {
+        tracing::warn!(%store_error, "could not record the failed ADD for `ratchet links`");
+    }
+    attached
 }
 
 /// A pod the topology gives no link: the delegate's, or the chain's.

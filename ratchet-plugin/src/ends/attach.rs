@@ -332,6 +332,7 @@ impl<'e, 'a, 's> Attach<'e, 'a, 's> {
         if records::is_cut(tx, &end.link_id).await? {
             super::cut::apply(&self.ends.host, &record, true).await?;
         }
+        records::clear_failed_add(tx, &end.link_id, end.side).await?;
         Ok(records::put_end(tx, &end.link_id, end.side, &record).await?)
     }
 

@@ -25,12 +25,28 @@ const SANDBOXES: &str = "/ratchet/sandboxes/";
 /// Counts topology applies, so the agent knows when to re-sync running pods.
 const TOPOLOGY_REV: &str = "/ratchet/topology-rev";
 /// Links cut with `ratchet link down`, by id, present while cut. Apart from
-/// the topology, so applying it again leaves a cut link cut.
+/// the topology, so applying it again leaves a cut link cut (and one it no
+/// longer has, not cut: [`put_topology`] drops the record).
 const CUT: &str = "/ratchet/cut/";
 /// Impairments set with `ratchet link set`, by link id: `[a, b]`, what the
 /// frames each side sends go through. Present, it overrides the topology's
 /// keys for that link; apart from the topology for the same reason as [`CUT`].
 const IMPAIRED: &str = "/ratchet/impaired/";
+/// The last failed ADD of a link end, by `<link id>/<side>`, so that a view
+/// of the waiting link can say why its peer is missing. Replaced by the
+/// next failure, removed when the end attaches.
+const FAILED: &str = "/ratchet/failed/";
+
+/// Why a link end's last ADD failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAdd {
+    /// The node the ADD ran on.
+    pub node: String,
+    /// The error it answered, as the runtime saw it.
+    pub error: String,
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+}
 
 /// One attached link end: what DEL, CHECK and the CLI need to find it again
 /// even when the pod's netns is already gone.
@@ -146,6 +162,19 @@ pub async fn put_topology(tx: &mut impl Transaction, topology: &Topology) -> Res
         put_json(tx, &format!("{PODS}{}/{}", pod.namespace, pod.name), &ids).await?;
     }
     assign_vnis(tx, topology).await?;
+    // A cut or a live impairment belongs to a link of the topology: a link
+    // that leaves it takes them along, so one of that id added later starts
+    // whole.
+    let ids: std::collections::BTreeSet<String> = topology.links.iter().map(Link::id).collect();
+    for prefix in [CUT, IMPAIRED, FAILED] {
+        for (key, _) in tx.scan(prefix).await? {
+            // FAILED's keys go on with `/<side>`; a link id has no `/`.
+            let id = key[prefix.len()..].split('/').next().unwrap_or_default();
+            if !ids.contains(id) {
+                tx.delete(&key).await?;
+            }
+        }
+    }
     let rev: u64 = get_json(tx, TOPOLOGY_REV).await?.unwrap_or(0);
     put_json(tx, TOPOLOGY_REV, &(rev + 1)).await
 }
@@ -265,6 +294,38 @@ pub async fn is_cut(tx: &mut impl Transaction, id: &str) -> Result<bool, StoreEr
 /// The ids of every cut link.
 pub async fn cut_links(tx: &mut impl Transaction) -> Result<std::collections::BTreeSet<String>, StoreError> {
     Ok(tx.scan(CUT).await?.into_iter().map(|(key, _)| key[CUT.len()..].to_owned()).collect())
+}
+
+/// Records that an ADD of `side` of link `id` failed.
+pub async fn put_failed_add(
+    tx: &mut impl Transaction,
+    id: &str,
+    side: Side,
+    failed: &FailedAdd,
+) -> Result<(), StoreError> {
+    put_json(tx, &format!("{FAILED}{id}/{}", side.as_str()), failed).await
+}
+
+/// Forgets a failed ADD of `side` of link `id`: the end is attached now.
+pub async fn clear_failed_add(tx: &mut impl Transaction, id: &str, side: Side) -> Result<(), StoreError> {
+    tx.delete(&format!("{FAILED}{id}/{}", side.as_str())).await
+}
+
+/// The last failed ADD of each end that has one, by (link id, side).
+pub async fn failed_adds(
+    tx: &mut impl Transaction,
+) -> Result<std::collections::BTreeMap<(String, Side), FailedAdd>, StoreError> {
+    let mut failed = std::collections::BTreeMap::new();
+    for (key, bytes) in tx.scan(FAILED).await? {
+        let Some((id, side)) = key[FAILED.len()..].rsplit_once('/') else { continue };
+        let side = match side {
+            "a" => Side::A,
+            "b" => Side::B,
+            _ => continue,
+        };
+        failed.insert((id.to_owned(), side), decode(&key, &bytes)?);
+    }
+    Ok(failed)
 }
 
 /// Sets the link `id`'s impairments, `[a, b]`, over the topology's.
