@@ -36,6 +36,13 @@ pub struct PathRuns {
     pub lat_p99_us: Vec<f64>,
     /// Busy CPU of the whole machine per round trip, µs.
     pub cpu_us_per_tx: Vec<f64>,
+    /// The same ping-pong with client and server on one CPU (the server's):
+    /// a closed loop with no cross-CPU wakeup, so the figures are the
+    /// datapath's cost. Round trips per second, p50 latency, and that CPU's
+    /// busy time per round trip (µs). Empty when the bench cannot pin.
+    pub one_cpu_rr_per_s: Vec<f64>,
+    pub one_cpu_lat_p50_us: Vec<f64>,
+    pub one_cpu_cpu_us_per_tx: Vec<f64>,
 }
 
 /// Two pods and the address the server listens on.
@@ -78,6 +85,9 @@ pub(super) fn measure_interleaved(lab: &mut Lab, plan: &Plan, paths: &[Path]) ->
             lat_p50_us: Vec::new(),
             lat_p99_us: Vec::new(),
             cpu_us_per_tx: Vec::new(),
+            one_cpu_rr_per_s: Vec::new(),
+            one_cpu_lat_p50_us: Vec::new(),
+            one_cpu_cpu_us_per_tx: Vec::new(),
         })
         .collect();
     for rep in 0..plan.reps {
@@ -85,7 +95,7 @@ pub(super) fn measure_interleaved(lab: &mut Lab, plan: &Plan, paths: &[Path]) ->
             let p = (rep + i) % paths.len();
             let (path, run) = (&paths[p], &mut runs[p]);
             let gbps = retry(|| iperf(lab, plan, path))?;
-            let rr = retry(|| sockperf(lab, plan, path, clk_tck))?;
+            let rr = retry(|| sockperf(lab, plan, path, clk_tck, Placement::CrossCpu))?;
             println!(
                 "  rep {rep} {:14} {gbps:6.2} Gbit/s | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU/RR",
                 path.name, rr.per_s, rr.p50_us, rr.cpu_us
@@ -95,6 +105,16 @@ pub(super) fn measure_interleaved(lab: &mut Lab, plan: &Plan, paths: &[Path]) ->
             run.lat_p50_us.push(rr.p50_us);
             run.lat_p99_us.push(rr.p99_us);
             run.cpu_us_per_tx.push(rr.cpu_us);
+            if let Some(cpu) = lab.server_cpu() {
+                let rr = retry(|| sockperf(lab, plan, path, clk_tck, Placement::OneCpu(cpu)))?;
+                println!(
+                    "  rep {rep} {:14} one CPU:      | {:8.0} RR/s p50 {:5.1} us | {:5.1} us CPU {cpu}/RR",
+                    path.name, rr.per_s, rr.p50_us, rr.cpu_us
+                );
+                run.one_cpu_rr_per_s.push(rr.per_s);
+                run.one_cpu_lat_p50_us.push(rr.p50_us);
+                run.one_cpu_cpu_us_per_tx.push(rr.cpu_us);
+            }
         }
     }
     Ok(runs)
@@ -213,17 +233,32 @@ struct Rr {
     cpu_us: f64,
 }
 
-fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result<Rr> {
-    let mut cmd = lab.exec(&path.client, lab.client_cpu());
+/// Where a ping-pong's client runs, and whose CPU time it is charged.
+#[derive(Clone, Copy)]
+enum Placement {
+    /// The client on its CPU, the server on the other: each round trip
+    /// wakes the other CPU twice. Charged the whole machine's busy time.
+    CrossCpu,
+    /// The client beside the server on this CPU: a closed loop that keeps
+    /// it busy. Charged that CPU's busy time.
+    OneCpu(usize),
+}
+
+fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64, placement: Placement) -> anyhow::Result<Rr> {
+    let (client_cpu, charged) = match placement {
+        Placement::CrossCpu => (lab.client_cpu(), None),
+        Placement::OneCpu(cpu) => (Some(cpu), Some(cpu)),
+    };
+    let mut cmd = lab.exec(&path.client, client_cpu);
     cmd.args(["sockperf", "ping-pong", "--tcp", "-i", &path.server_ip, "-p", SOCKPERF_PORT, "--mps=max"]).args([
         "-m",
         &MESSAGE_BYTES.to_string(),
         "-t",
         &plan.seconds.to_string(),
     ]);
-    let before = busy_jiffies()?;
+    let before = busy_jiffies(charged)?;
     let output = util::probe(&mut cmd)?;
-    let after = busy_jiffies()?;
+    let after = busy_jiffies(charged)?;
     let text =
         strip_ansi(&format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)));
     if !output.status.success() {
@@ -253,14 +288,17 @@ fn sockperf(lab: &Lab, plan: &Plan, path: &Path, clk_tck: f64) -> anyhow::Result
     Ok(Rr { per_s, p50_us, p99_us, cpu_us })
 }
 
-/// Busy jiffies of the whole machine: user, nice, system, irq and softirq
-/// (idle, iowait and steal left out) from /proc/stat's first line.
-fn busy_jiffies() -> anyhow::Result<u64> {
+/// Busy jiffies of the whole machine, or of one CPU: user, nice, system,
+/// irq and softirq (idle, iowait and steal left out) from /proc/stat's
+/// `cpu` (or `cpuN`) line.
+fn busy_jiffies(cpu: Option<usize>) -> anyhow::Result<u64> {
     let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let name = cpu.map_or_else(|| "cpu".to_owned(), |cpu| format!("cpu{cpu}"));
+    let line = stat.lines().find(|line| line.split_whitespace().next() == Some(name.as_str()));
+    let line = line.with_context(|| format!("/proc/stat has no {name} line"))?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     if fields.len() < 7 {
-        bail!("/proc/stat's cpu line has {} fields", fields.len());
+        bail!("/proc/stat's {name} line has {} fields", fields.len());
     }
     Ok(fields[0] + fields[1] + fields[2] + fields[5] + fields[6])
 }
