@@ -28,7 +28,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     config::Settings,
     dataplane::{Dataplane, DataplaneError},
-    netlink::ifindex_of,
+    netlink::Netlink,
     store::{Store, records},
     topology::Side,
 };
@@ -96,7 +96,8 @@ pub async fn run(settings: &Settings, links: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("another `ratchet trace` runs on this node; one at a time, as they share the node's switch");
     };
     let mut store = crate::ends::open_store(settings).await?;
-    let names = Arc::new(Mutex::new(Names::read(&mut store, links).await?));
+    let host = Netlink::host()?;
+    let names = Arc::new(Mutex::new(Names::read(&mut store, &host).await?));
     let printer = Printer { names: names.clone(), links: links.iter().cloned().collect() };
     let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(
         dataplane.program_id(crate::dataplane::Program::ToPeer)?,
@@ -108,7 +109,7 @@ pub async fn run(settings: &Settings, links: &[String]) -> anyhow::Result<()> {
     }
     dataplane.set_switches(Switches { trace: 1 })?;
     eprintln!("tracing every frame on {}; Ctrl-C stops", pin_root.display());
-    let watched = watch(stop, &mut logger, &mut store, &names, links).await;
+    let watched = watch(stop, &mut logger, (&mut store, &host), &names).await;
     // Turn tracing off even when a signal handler failed.
     dataplane.set_switches(Switches::default())?;
     watched
@@ -119,9 +120,8 @@ pub async fn run(settings: &Settings, links: &[String]) -> anyhow::Result<()> {
 async fn watch(
     mut stop: Signals,
     logger: &mut aya_log::EbpfLogger<Printer>,
-    store: &mut crate::store::AnyStore,
+    (store, host): (&mut crate::store::AnyStore, &Netlink),
     names: &Mutex<Names>,
-    links: &[String],
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reread = tokio::time::interval(Duration::from_secs(1));
@@ -133,7 +133,7 @@ async fn watch(
             _ = tick.tick() => logger.flush(),
             _ = reread.tick() => {
                 // A failed reread keeps the names it had: the trace goes on.
-                if let Ok(fresh) = Names::read(store, links).await {
+                if let Ok(fresh) = Names::read(store, host).await {
                     *names.lock().expect("the printer does not panic") = fresh;
                 }
             }
@@ -176,14 +176,9 @@ struct Names {
 }
 
 impl Names {
-    /// Reads the names; fails when a link of `links` is not in the topology.
-    async fn read(store: &mut crate::store::AnyStore, links: &[String]) -> anyhow::Result<Self> {
+    /// Reads the names of this node's ends (`host`: its netlink).
+    async fn read(store: &mut crate::store::AnyStore, host: &Netlink) -> anyhow::Result<Self> {
         let mut tx = store.begin().await?;
-        for link in links {
-            if records::link(&mut tx, link).await?.is_none() {
-                anyhow::bail!("no link {link} in the topology (`ratchet links` shows the ids)");
-            }
-        }
         let by_link = records::links_with_ends(&mut tx).await?;
         drop(tx);
         let mut by_ifindex = HashMap::new();
@@ -194,7 +189,7 @@ impl Names {
             for side in [Side::A, Side::B] {
                 let Some(end) = &ends[side.index()] else { continue };
                 // Another node's ifindex may be taken here by something else.
-                if ifindex_of(&end.host_ifname)? != Some(end.host_ifindex) {
+                if !crate::ends::is_live(host, end).await? {
                     continue;
                 }
                 let name = EndName {

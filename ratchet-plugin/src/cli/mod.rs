@@ -327,7 +327,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Links { output, json } => {
             runtime.block_on(links::run(&settings, if json { Output::Json } else { output }))
         }
-        Command::Trace { links } => runtime.block_on(crate::trace::run(&settings, &links)),
+        Command::Trace { links } => runtime.block_on(trace(&settings, &links)),
         Command::Install { paths, network, node, delegate, boot_network, topology } => {
             let files = PluginFiles { delegate, boot_network, topology };
             install(&settings, paths, network, node, files)
@@ -436,13 +436,33 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }
 
+/// `ratchet trace`, once every link of `--link` is known.
+async fn trace(settings: &Settings, links: &[String]) -> anyhow::Result<()> {
+    if !links.is_empty() {
+        let mut store = crate::ends::open_store(settings).await?;
+        let mut tx = store.begin().await?;
+        for link in links {
+            topology_link(&mut tx, link).await?;
+        }
+    }
+    crate::trace::run(settings, links).await
+}
+
+/// The stored link `id`, or an error that says where the ids are.
+async fn topology_link(tx: &mut impl Transaction, id: &str) -> anyhow::Result<crate::topology::Link> {
+    match records::link(tx, id).await? {
+        Some(link) => Ok(link),
+        None => anyhow::bail!("no link {id} in the topology (`ratchet links` shows the ids)"),
+    }
+}
+
 /// `ratchet link down|up`: the store's record, and this node's ends at
 /// once, in one transaction (a failure leaves the link as it was).
 async fn link_cable(settings: &Settings, link: String, cut: bool) -> anyhow::Result<()> {
     let mut store = crate::ends::open_store(settings).await?;
     let mut tx = store.begin().await?;
-    if cut && records::link(&mut tx, &link).await?.is_none() {
-        anyhow::bail!("no link {link} in the topology (`ratchet links` shows the ids)");
+    if cut {
+        topology_link(&mut tx, &link).await?;
     }
     records::set_cut(&mut tx, &link, cut).await?;
     let host = crate::netlink::Netlink::host()?;
@@ -469,9 +489,7 @@ async fn link_set(settings: &Settings, id: &str, side: Option<Side>, changes: &C
     }
     let mut store = crate::ends::open_store(settings).await?;
     let mut tx = store.begin().await?;
-    let Some(link) = records::link(&mut tx, id).await? else {
-        anyhow::bail!("no link {id} in the topology (`ratchet links` shows the ids)");
-    };
+    let link = topology_link(&mut tx, id).await?;
     let host = crate::netlink::Netlink::host()?;
     let mut dataplane = Dataplane::open(&settings.pin_root)?;
     let sides = side.map_or(vec![Side::A, Side::B], |side| vec![side]);
