@@ -15,9 +15,9 @@ use ratchet_harness::rig::{self, RigOptions};
 use serde_json::{Value, json};
 
 use crate::{
-    pods::Pod,
+    pods::{Pod, end},
     runtime::{Reply, kubelet_env},
-    util::{ratchet_bin, unique},
+    util::{eventually, ratchet_bin, unique},
 };
 
 /// Two nodes, an underlay (10.203.0.0/24: node `i` has 10.203.0.`i+1`)
@@ -48,6 +48,23 @@ impl Rig {
     /// `ratchet topology apply` of `topology`.
     pub fn apply(&self, topology: &Value) {
         self.inner.apply(topology).unwrap_or_else(|failure| panic!("topology apply: {failure:#}"));
+    }
+
+    /// A link named `<prefix>-…` between pod alpha on node 0 (10.`subnet`.0.1)
+    /// and pod beta on node 1 (10.`subnet`.0.2), both agents running, both
+    /// pods added, and traffic crossing it: (alpha, beta, link).
+    pub fn linked_across(&mut self, prefix: &str, subnet: u8) -> (Pod, Pod, String) {
+        let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
+        let link = unique(prefix);
+        let [a, b] = [1, 2].map(|host| format!("10.{subnet}.0.{host}/24"));
+        self.apply(&json!({"links": [{"name": link, "a": end(&alpha, "in1", &[&a]), "b": end(&beta, "in1", &[&b])}]}));
+        self.start_agent(0);
+        self.start_agent(1);
+        assert!(self.cni(0, "ADD", &alpha).success);
+        assert!(self.cni(1, "ADD", &beta).success);
+        let to_beta = format!("10.{subnet}.0.2");
+        assert!(eventually(|| alpha.ping(&to_beta)), "the link carries traffic across nodes");
+        (alpha, beta, link)
     }
 
     pub fn start_agent(&mut self, index: usize) {

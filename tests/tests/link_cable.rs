@@ -86,15 +86,7 @@ fn cutting_a_link_the_topology_lacks_is_refused() {
 #[test]
 fn the_far_nodes_agent_cuts_its_end() {
     let mut rig = Rig::new();
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let link = unique("cable");
-    rig.apply(&json!({"links": [{"name": link,
-        "a": end(&alpha, "in1", &["10.89.0.1/24"]), "b": end(&beta, "in1", &["10.89.0.2/24"])}]}));
-    rig.start_agent(0);
-    rig.start_agent(1);
-    assert!(rig.cni(0, "ADD", &alpha).success);
-    assert!(rig.cni(1, "ADD", &beta).success);
-    assert!(eventually(|| pings(&alpha, "10.89.0.2")), "the link carries traffic across nodes");
+    let (alpha, beta, link) = rig.linked_across("cable", 89);
 
     // Cut from node 0: its end at once, node 1's end by node 1's agent.
     let out = rig.cli(0, &["link", "down", &link]).output().unwrap();

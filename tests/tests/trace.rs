@@ -179,15 +179,7 @@ fn a_killed_trace_is_reported_and_undone_by_the_next_trace_or_the_agent() {
 #[test]
 fn frames_from_the_tunnel_are_named_by_node_vni_and_end() {
     let mut rig = Rig::new();
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let link = unique("trx");
-    rig.apply(&json!({"links": [{"name": link,
-        "a": end(&alpha, "in1", &["10.85.0.1/24"]), "b": end(&beta, "in1", &["10.85.0.2/24"])}]}));
-    rig.start_agent(0);
-    rig.start_agent(1);
-    assert!(rig.cni(0, "ADD", &alpha).success);
-    assert!(rig.cni(1, "ADD", &beta).success);
-    assert!(eventually(|| alpha.ping("10.85.0.2")));
+    let (alpha, beta, link) = rig.linked_across("trx", 85);
     let traces: Vec<Child> = (0..2)
         .map(|index| rig.cli(index, &["trace"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
         .collect();
