@@ -68,11 +68,15 @@ fn iperf_mbits(client: &Pod, server: &Pod, server_ip: &str) -> f64 {
         .spawn()
         .unwrap();
     assert!(eventually(|| pings(client, server_ip)));
+    // The server is up once its socket listens (a client before that is refused).
+    let listening = || !server.exec(&["ss", "-Hltn", "sport = :5201"]).stdout.is_empty();
+    assert!(eventually(listening), "the iperf3 server listens");
     let out = client.exec(&["iperf3", "-c", server_ip, "-t", "2", "-J"]);
     let _ = daemon.kill();
     let _ = daemon.wait();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("iperf3: {out:?}"));
-    report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+    let received = report["end"]["sum_received"]["bits_per_second"].as_f64();
+    received.unwrap_or_else(|| panic!("iperf3 moved nothing: {report}")) / 1e6
 }
 
 fn two_pods_linked(node: &Node, subnet: u8, extra: Value) -> (Pod, Pod, String) {
@@ -270,15 +274,7 @@ fn bad_values_are_refused_before_anything_changes() {
 #[test]
 fn the_far_nodes_agent_applies_an_impairment_set_elsewhere() {
     let mut rig = Rig::new();
-    let (alpha, beta) = (Pod::new("default", "alpha"), Pod::new("default", "beta"));
-    let link = unique("lab");
-    rig.apply(&json!({"links": [{"name": link,
-        "a": end(&alpha, "in1", &["10.97.0.1/24"]), "b": end(&beta, "in1", &["10.97.0.2/24"])}]}));
-    rig.start_agent(0);
-    rig.start_agent(1);
-    assert!(rig.cni(0, "ADD", &alpha).success);
-    assert!(rig.cni(1, "ADD", &beta).success);
-    assert!(eventually(|| pings(&alpha, "10.97.0.2")));
+    let (alpha, beta, link) = rig.linked_across("lab", 97);
 
     // Set from node 0 on side b, whose end is on node 1.
     let out =
